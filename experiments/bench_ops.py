@@ -1,0 +1,297 @@
+"""Benchmark of the depthwise lowerings: forward and forward+backward, per layer.
+
+Measures, on the default JAX backend, the depthwise layers of a CIFAR-10 MobileNetV1 at
+batch 128 (NHWC, 3x3, SAME), for ``impl="xla"`` (grouped ``lax.conv_general_dilated``),
+``impl="taps"`` and ``impl="auto"``; a streaming copy (``1.5 * x``) of the same input as the
+bandwidth yardstick; and PyTorch's channels-last depthwise ``conv2d(groups=C)`` when torch is
+importable (on the CPU, or on CUDA when JAX runs on a GPU and torch sees one).
+
+Method (see PERF-NOTES.md): every implementation of one layer runs in the same process, in
+blocks of calls (the first call of each block dropped), the order of implementations rotated
+between rounds; the figure is the median over rounds of each round's median. Compilation is
+done before timing. Ratios are computed per round, then the median taken.
+
+    python experiments/bench_ops.py                # full run, writes results/bench_ops_<backend>.{json,md}
+    python experiments/bench_ops.py --quick        # tiny smoke run, writes nothing unless --out
+
+Results: ``experiments/results/bench_ops_<backend>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxsep
+from jaxsep._taps import choose_impl
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (H, W, C, stride): the depthwise layers of jaxsep's CIFAR MobileNetV1 at width 1.0, plus the
+# 4x4x1024 layer named in the issue and PERF-NOTES.md.
+LAYERS = [
+    (32, 32, 32, 1),
+    (32, 32, 64, 2),
+    (16, 16, 128, 1),
+    (16, 16, 128, 2),
+    (8, 8, 256, 1),
+    (8, 8, 256, 2),
+    (4, 4, 512, 1),
+    (4, 4, 512, 2),
+    (4, 4, 1024, 1),
+]
+QUICK_LAYERS = [(8, 8, 16, 1), (8, 8, 16, 2)]
+
+
+def _jax_fns(impl: str, stride: int):
+    def forward(x, k):
+        return jaxsep.depthwise_conv(x, k, strides=stride, impl=impl)
+
+    def loss(x, k, ct):
+        return jnp.vdot(forward(x, k), ct)
+
+    return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def _compile(fn, *args):
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _torch_fns(shape, stride, device):
+    import torch
+
+    n, h, w, c = shape
+    x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(c, 1, 3, 3, device=device)
+    x.requires_grad_(True)
+    k.requires_grad_(True)
+    ct = torch.randn_like(torch.nn.functional.conv2d(x, k, stride=stride, padding=1, groups=c))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def forward():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(x, k, stride=stride, padding=1, groups=c)
+        sync()
+
+    def forward_backward():
+        y = torch.nn.functional.conv2d(x, k, stride=stride, padding=1, groups=c)
+        gx, gk = torch.autograd.grad(y, (x, k), ct)
+        sync()
+
+    return forward, forward_backward
+
+
+def _time_block(call, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls + 1):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times[1:]  # the first call of a block warms caches and the allocator
+
+
+def bench_layer(shape, stride, *, rounds, calls, torch_device):
+    key = jax.random.key(0)
+    x = jax.random.normal(key, shape, jnp.float32)
+    k = jax.random.normal(jax.random.fold_in(key, 1), (3, 3, 1, shape[-1]), jnp.float32)
+    out_shape = jax.eval_shape(lambda x, k: jaxsep.depthwise_conv(x, k, strides=stride), x, k).shape
+    ct = jax.random.normal(jax.random.fold_in(key, 2), out_shape, jnp.float32)
+
+    calls_by_name = {}
+    compile_s = {}
+    for impl in ("xla", "taps", "auto"):
+        fwd, fwd_bwd = _jax_fns(impl, stride)
+        fwd, compile_s[f"{impl} fwd"] = _compile(fwd, x, k)
+        fwd_bwd, compile_s[f"{impl} fwd+bwd"] = _compile(fwd_bwd, x, k, ct)
+        calls_by_name[f"{impl} fwd"] = lambda f=fwd: f(x, k).block_until_ready()
+        calls_by_name[f"{impl} fwd+bwd"] = lambda f=fwd_bwd: jax.block_until_ready(f(x, k, ct))
+    copy, _ = _compile(jax.jit(lambda x: x * 1.5), x)
+    calls_by_name["copy"] = lambda: copy(x).block_until_ready()
+    if torch_device:
+        t_fwd, t_fwd_bwd = _torch_fns(shape, stride, torch_device)
+        calls_by_name["torch CL fwd"] = t_fwd
+        calls_by_name["torch CL fwd+bwd"] = t_fwd_bwd
+
+    names = list(calls_by_name)
+    per_round = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            per_round[name].append(statistics.median(_time_block(calls_by_name[name], calls)))
+
+    def ratio(a, b):
+        if a not in per_round or b not in per_round:
+            return None
+        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
+
+    ms = {name: 1e3 * statistics.median(v) for name, v in per_round.items()}
+    io_bytes = 4 * (int(np.prod(shape)) + int(np.prod(out_shape)))
+    copy_bytes = 4 * 2 * int(np.prod(shape))
+    bandwidth = {
+        "auto fwd GB/s": io_bytes / (ms["auto fwd"] * 1e-3) / 1e9,
+        "copy GB/s": copy_bytes / (ms["copy"] * 1e-3) / 1e9,
+    }
+    bandwidth["auto fwd / copy bandwidth"] = bandwidth["auto fwd GB/s"] / bandwidth["copy GB/s"]
+    return {
+        "layer": f"{shape[1]}x{shape[2]}x{shape[3]} s{stride}",
+        "shape": list(shape),
+        "stride": stride,
+        "ms": ms,
+        "compile_s": compile_s,
+        "speedup": {
+            "xla/auto fwd": ratio("xla fwd", "auto fwd"),
+            "xla/auto fwd+bwd": ratio("xla fwd+bwd", "auto fwd+bwd"),
+            "auto/torch fwd": ratio("auto fwd", "torch CL fwd"),
+            "auto/torch fwd+bwd": ratio("auto fwd+bwd", "torch CL fwd+bwd"),
+        },
+        "bandwidth": bandwidth,
+    }
+
+
+def _torch_device():
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    if jax.default_backend() == "gpu":
+        return ("cuda", torch.__version__) if torch.cuda.is_available() else (None, None)
+    return ("cpu", torch.__version__) if jax.default_backend() == "cpu" else (None, None)
+
+
+def _fmt(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report) -> str:
+    has_torch = report["torch"] is not None
+    lines = [
+        f"# Depthwise lowering benchmark ({report['backend']}: {report['device']})",
+        "",
+        f"jax {report['jax']}, torch {report['torch'] or 'not installed'}, batch {report['batch']}, "
+        f"float32, NHWC, 3x3 SAME; medians of {report['rounds']} rounds x {report['calls']} calls. "
+        f"Command: `{report['command']}`.",
+        "",
+        "| layer | xla fwd ms | auto fwd ms | xla/auto fwd | xla fwd+bwd ms | auto fwd+bwd ms | "
+        "xla/auto fwd+bwd | auto GB/s | / copy GB/s |"
+        + (" torch CL fwd ms | torch CL fwd+bwd ms | auto/torch fwd | auto/torch fwd+bwd |" if has_torch else ""),
+        "|---" * (9 + (4 if has_torch else 0)) + "|",
+    ]
+    for row in report["layers"]:
+        ms, sp, bw = row["ms"], row["speedup"], row["bandwidth"]
+        line = (
+            f"| {row['layer']} | {_fmt(ms['xla fwd'])} | {_fmt(ms['auto fwd'])} | "
+            f"{_fmt(sp['xla/auto fwd'], 1)}x | {_fmt(ms['xla fwd+bwd'])} | {_fmt(ms['auto fwd+bwd'])} | "
+            f"{_fmt(sp['xla/auto fwd+bwd'], 1)}x | {_fmt(bw['auto fwd GB/s'], 1)} | "
+            f"{_fmt(bw['auto fwd / copy bandwidth'])} |"
+        )
+        if has_torch:
+            line += (
+                f" {_fmt(ms.get('torch CL fwd'))} | {_fmt(ms.get('torch CL fwd+bwd'))} | "
+                f"{_fmt(sp['auto/torch fwd'])}x | {_fmt(sp['auto/torch fwd+bwd'])}x |"
+            )
+        lines.append(line)
+    totals = report["totals"]
+    lines += [
+        "",
+        "Whole set of layers (sum of per-layer medians): "
+        f"xla/auto forward {totals['xla/auto fwd']:.1f}x, forward+backward "
+        f"{totals['xla/auto fwd+bwd']:.1f}x"
+        + (
+            f"; auto/torch forward {totals['auto/torch fwd']:.2f}x, forward+backward "
+            f"{totals['auto/torch fwd+bwd']:.2f}x (above 1: slower than torch)."
+            if has_torch
+            else "."
+        ),
+        "",
+        "`auto` is the lowering `impl=\"auto\"` picks on this backend "
+        f"(`{report['auto_impl']}`); `GB/s` is (input + output bytes) / time, `/ copy` divides it "
+        "by the bandwidth of `1.5 * x` on the same input.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per block")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke test")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: experiments/results; --quick writes only with --out)")
+    args = parser.parse_args(argv)
+
+    layers = QUICK_LAYERS if args.quick else LAYERS
+    batch = 2 if args.quick else args.batch
+    torch_device, torch_version = (None, None) if args.no_torch else _torch_device()
+    if torch_device == "cpu":
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    device = jax.devices()[0]
+    x_probe = jnp.zeros((1, 4, 4, 2))
+    report = {
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)) + ("" if device.platform != "cpu" else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "jax": jax.__version__,
+        "torch": torch_version,
+        "batch": batch,
+        "rounds": args.rounds,
+        "calls": args.calls,
+        "auto_impl": choose_impl(x_probe, None, None),
+        "command": "python experiments/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "layers": [],
+    }
+    for h, w, c, s in layers:
+        row = bench_layer((batch, h, w, c), s, rounds=args.rounds, calls=args.calls, torch_device=torch_device)
+        report["layers"].append(row)
+        ms, sp = row["ms"], row["speedup"]
+        print(
+            f"{row['layer']:>16}: xla {ms['xla fwd']:8.2f} / {ms['xla fwd+bwd']:8.2f} ms, "
+            f"auto {ms['auto fwd']:7.2f} / {ms['auto fwd+bwd']:7.2f} ms "
+            f"({sp['xla/auto fwd']:.1f}x / {sp['xla/auto fwd+bwd']:.1f}x)"
+            + (f", torch CL {ms['torch CL fwd']:.2f} / {ms['torch CL fwd+bwd']:.2f} ms" if torch_device else ""),
+            flush=True,
+        )
+
+    def total(name):
+        return sum(r["ms"][name] for r in report["layers"]) if all(name in r["ms"] for r in report["layers"]) else None
+
+    report["totals"] = {
+        "xla/auto fwd": total("xla fwd") / total("auto fwd"),
+        "xla/auto fwd+bwd": total("xla fwd+bwd") / total("auto fwd+bwd"),
+        "auto/torch fwd": total("auto fwd") / total("torch CL fwd") if torch_device else None,
+        "auto/torch fwd+bwd": total("auto fwd+bwd") / total("torch CL fwd+bwd") if torch_device else None,
+    }
+    table = markdown(report)
+    print(table)
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
+    if out_dir is not None:
+        stem = f"bench_ops_{report['backend']}"
+        _atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        _atomic_write(out_dir / f"{stem}.md", table)
+        print(f"wrote {out_dir / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The taps lowering's own machinery: chunked kernel gradient, dead taps, transforms, cost."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxsep
+from jaxsep import _taps, reference
+
+
+def _inputs(x_shape, kernel_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
+    return x, kernel
+
+
+def _grads(impl, x, kernel, ct, **kwargs):
+    def loss(x, kernel):
+        return jnp.vdot(jaxsep.depthwise_conv(x, kernel, impl=impl, **kwargs), ct)
+
+    return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+
+@pytest.mark.parametrize("batch", [7, 8])  # 7: scan over 3 chunks of 2 plus a remainder of 1
+def test_chunked_kernel_gradient_matches_xla(monkeypatch, batch):
+    x, kernel = _inputs((batch, 6, 5, 3), (3, 3, 1, 6))
+    monkeypatch.setattr(_taps, "_KERNEL_GRAD_CHUNK_BYTES", 2 * 6 * 5 * 3 * 4)
+    kwargs = dict(strides=(2, 1), padding="SAME")
+    out_shape = jaxsep.depthwise_conv(x, kernel, impl="xla", **kwargs).shape
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x, k: _grads("taps", x, k, ct, **kwargs))(x, kernel)
+    assert "scan" in str(jaxpr)  # the chunked path really ran
+    for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_taps_that_read_only_padding_are_skipped():
+    # dilation 4 with a 3-tap window on a width-3 input: with padding (8, 0) the first tap of
+    # every output lies in the padding, so the lowering must skip it without an empty slice.
+    x, kernel = _inputs((2, 3, 2), (3, 1, 4))
+    kwargs = dict(padding=((8, 0),), dilation=4)
+    got = jaxsep.depthwise_conv(x, kernel, impl="taps", **kwargs)
+    want = reference.depthwise_conv(np.asarray(x), np.asarray(kernel), **kwargs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    check_grads(lambda x, k: jaxsep.depthwise_conv(x, k, impl="taps", **kwargs), (x, kernel), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_second_order_and_forward_mode(data_format):
+    x_shape = (2, 5, 4, 2) if data_format == "NHWC" else (2, 2, 5, 4)
+    x, kernel = _inputs(x_shape, (3, 2, 1, 4))
+
+    def f(x, k):
+        return jaxsep.depthwise_conv(x, k, strides=2, data_format=data_format, impl="taps")
+
+    # float32 central differences with eps 1e-2 on a bilinear op: errors are rounding only.
+    check_grads(f, (x, kernel), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+    _, tangent = jax.jvp(f, (x, kernel), (x, kernel))
+    np.testing.assert_allclose(tangent, 2 * f(x, kernel), rtol=1e-5, atol=1e-5)
+
+
+def test_count_macs_sees_the_taps_lowering():
+    x, kernel = _inputs((2, 8, 8, 4), (3, 3, 1, 8))
+    taps = jaxsep.cost.count_macs(lambda x, k: jaxsep.depthwise_conv(x, k, impl="taps"), x, kernel)
+    xla = jaxsep.cost.count_macs(lambda x, k: jaxsep.depthwise_conv(x, k, impl="xla"), x, kernel)
+    assert taps.total == xla.total == 2 * 8 * 8 * 8 * 9
+
+
+def test_low_precision_accumulates_in_float32():
+    x = jnp.ones((1, 64, 1), jnp.bfloat16)
+    # 64 taps of 1 + 2**-7 sum to 64.5, which bfloat16 holds; summed in bfloat16 each small
+    # part would round away above 32 and give 64.
+    kernel = jnp.full((64, 1, 1), 1 + 2.0**-7, jnp.bfloat16)
+    for impl in ("taps", "xla"):
+        out = jaxsep.depthwise_conv(x, kernel, padding="VALID", impl=impl)
+        assert out.dtype == jnp.bfloat16
+        assert float(out[0, 0, 0]) == 64.5
+
+
+def test_auto_picks_taps_on_cpu():
+    x, kernel = _inputs((1, 4, 4, 2), (3, 3, 1, 2))
+    if jax.default_backend() != "cpu":
+        pytest.skip("auto's choice is only measured on the CPU")
+    jaxpr = str(jax.make_jaxpr(lambda x, k: jaxsep.depthwise_conv(x, k))(x, kernel))
+    assert "depthwise_taps" in jaxpr and "conv_general_dilated" not in jaxpr
