@@ -158,7 +158,8 @@ def _split_spatial_axes(spatial_axes, geometry: _Geometry):
 
 
 def _compute_dtype(dtype):
-    return jnp.promote_types(dtype, jnp.float32)
+    """float16/bfloat16 products accumulate in float32; wider types in their own."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
 def _forward(x, kernel, geometry: _Geometry):

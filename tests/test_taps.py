@@ -9,6 +9,8 @@ from jax.test_util import check_grads
 import jaxsep
 from jaxsep import _taps, reference
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 
 def _inputs(x_shape, kernel_shape, seed=0):
     rng = np.random.default_rng(seed)
