@@ -1,0 +1,46 @@
+"""Argument checks shared by the model constructors (messages in the jax.lax style)."""
+
+from __future__ import annotations
+
+import numbers
+
+from jaxsep import _validation as v
+
+VARIANTS = ("cifar", "imagenet")
+# Default number of classes of each variant's dataset (CIFAR-10, ImageNet-1k).
+NUM_CLASSES = {"cifar": 10, "imagenet": 1000}
+
+
+def check_variant(name: str, variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"{name}: variant must be one of {VARIANTS}, but got {variant!r}")
+    return variant
+
+
+def resolve_num_classes(name: str, num_classes: int | None, variant: str) -> int:
+    """``None`` means the variant's dataset: 10 for "cifar", 1000 for "imagenet"."""
+    if num_classes is None:
+        return NUM_CLASSES[variant]
+    return v.check_int(name, "num_classes", num_classes)
+
+
+def check_width(name: str, width_multiplier: float) -> float:
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, numbers.Real):
+        raise TypeError(
+            f"{name}: width_multiplier must be a number, but got "
+            f"{type(width_multiplier).__name__} {width_multiplier!r}"
+        )
+    if not width_multiplier > 0:
+        raise ValueError(f"{name}: width_multiplier must be > 0, but got {width_multiplier}")
+    return float(width_multiplier)
+
+
+def check_rate(name: str, dropout_rate: float) -> float:
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real):
+        raise TypeError(
+            f"{name}: dropout_rate must be a number, but got "
+            f"{type(dropout_rate).__name__} {dropout_rate!r}"
+        )
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"{name}: dropout_rate must be in [0, 1), but got {dropout_rate}")
+    return float(dropout_rate)

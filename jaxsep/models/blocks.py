@@ -1,0 +1,360 @@
+"""Building blocks of the model families: MobileNetV1, MobileNetV2 and ShuffleNet units.
+
+Every block is built from :mod:`jaxsep.nn` convolutions, ``nnx.BatchNorm`` and an activation;
+all images are channels-last ``(N, H, W, C)``.
+
+Conventions shared by every model here (those of torchvision's MobileNets):
+
+* convolutions have no bias (BatchNorm follows each one);
+* BatchNorm uses PyTorch's defaults: ``momentum=0.9`` in Flax's convention (PyTorch's 0.1),
+  ``epsilon=1e-5``;
+* convolution kernels start as ``kaiming_normal_(mode="fan_out")``: normal with variance
+  ``2 / fan_out``, ``fan_out = prod(K) * O`` read off the HWIO kernel, exactly PyTorch's
+  ``fan_out`` for the same layer (also for depthwise and grouped kernels);
+* the classifier starts as ``normal(0, 0.01)`` with a zero bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxsep import _validation as v
+from jaxsep import nn
+from jaxsep import ops
+
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "ConvNormAct",
+    "DepthwiseSeparableBlock",
+    "InvertedResidual",
+    "ShuffleUnit",
+    "batch_norm",
+    "classifier",
+    "conv_norm_act",
+    "depthwise_norm_act",
+    "global_average_pool",
+    "make_divisible",
+]
+
+Dtype = Any
+Activation = Callable[[jax.Array], jax.Array]
+
+BN_MOMENTUM = 0.9  # Flax convention (weight of the old running value); PyTorch's momentum=0.1
+BN_EPSILON = 1e-5
+CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+LINEAR_INIT = nnx.initializers.normal(0.01)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Rounds a channel count to the nearest multiple of ``divisor``, never more than 10% down.
+
+    The rounding of the TensorFlow MobileNet reference (``_make_divisible``), as in timm and
+    torchvision: at least ``min_value`` (default ``divisor``).
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def batch_norm(
+    features: int, *, dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs
+) -> nnx.BatchNorm:
+    """``nnx.BatchNorm`` with PyTorch's defaults (see the module docstring)."""
+    return nnx.BatchNorm(
+        features,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def classifier(
+    features: int, num_classes: int, *, dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs
+) -> nnx.Linear:
+    """The final fully connected layer: ``normal(0, 0.01)`` weights, zero bias."""
+    return nnx.Linear(
+        features,
+        num_classes,
+        kernel_init=LINEAR_INIT,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def global_average_pool(x: jax.Array) -> jax.Array:
+    """``(N, H, W, C) -> (N, C)``."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _pointwise(
+    in_features: int,
+    out_features: int,
+    groups: int,
+    *,
+    dtype: Dtype | None,
+    param_dtype: Dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """A 1x1 convolution: the matrix-product ``PointwiseConv`` unless it is grouped."""
+    common = dict(use_bias=False, kernel_init=CONV_INIT, dtype=dtype, param_dtype=param_dtype)
+    if groups == 1:
+        return nn.PointwiseConv(in_features, out_features, spatial_dims=2, rngs=rngs, **common)
+    return nn.GroupedConv(in_features, out_features, (1, 1), groups=groups, rngs=rngs, **common)
+
+
+class ConvNormAct(nnx.Module):
+    """``conv`` -> BatchNorm -> ``activation`` (none when ``activation`` is None).
+
+    Args:
+      conv: a :mod:`jaxsep.nn` convolution (its ``out_features`` sizes the BatchNorm).
+      activation: a function, or None for a linear (norm-only) layer.
+      dtype, param_dtype: of the BatchNorm.
+      rngs: for the BatchNorm.
+    """
+
+    def __init__(
+        self,
+        conv: nnx.Module,
+        *,
+        activation: Activation | None,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = conv
+        self.in_features = conv.in_features
+        self.out_features = conv.out_features
+        self.norm = batch_norm(conv.out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.norm(self.conv(x))
+        return x if self.activation is None else self.activation(x)
+
+
+def conv_norm_act(
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    strides: int = 1,
+    groups: int = 1,
+    activation: Activation | None = jax.nn.relu,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> ConvNormAct:
+    """A square ``kernel_size`` convolution (dense or grouped) + BatchNorm + activation.
+
+    A 1x1 convolution is a :class:`jaxsep.nn.PointwiseConv` when ``groups == 1``.
+    """
+    if kernel_size == 1 and strides == 1:
+        conv = _pointwise(
+            in_features, out_features, groups, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+    else:
+        conv_class = nn.GroupedConv if groups > 1 else nn.Conv
+        conv = conv_class(
+            in_features,
+            out_features,
+            (kernel_size, kernel_size),
+            groups=groups,
+            strides=strides,
+            use_bias=False,
+            kernel_init=CONV_INIT,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+    return ConvNormAct(
+        conv, activation=activation, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+
+
+def depthwise_norm_act(
+    features: int,
+    *,
+    strides: int = 1,
+    activation: Activation | None = jax.nn.relu,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    impl: ops.Impl = "auto",
+    rngs: nnx.Rngs,
+) -> ConvNormAct:
+    """A 3x3 :class:`jaxsep.nn.DepthwiseConv` + BatchNorm + activation."""
+    conv = nn.DepthwiseConv(
+        features,
+        (3, 3),
+        strides=strides,
+        use_bias=False,
+        kernel_init=CONV_INIT,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        impl=impl,
+        rngs=rngs,
+    )
+    return ConvNormAct(
+        conv, activation=activation, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+
+
+class DepthwiseSeparableBlock(nnx.Module):
+    """MobileNetV1's block: 3x3 depthwise - BN - ReLU, then 1x1 pointwise - BN - ReLU.
+
+    With ``groups`` the 3x3 step is a grouped convolution ``C -> C`` with ``groups`` groups
+    instead of the depthwise one (``groups == C`` is the depthwise layer computed as a grouped
+    convolution; ``groups == 1`` a full 3x3 convolution ``C -> C``).
+
+    Args:
+      in_features: ``C``.
+      out_features: ``O``.
+      strides: of the 3x3 step.
+      groups: None for depthwise, else the groups of the 3x3 step (must divide ``C``).
+      dtype, param_dtype, rngs: as in :mod:`jaxsep.nn`.
+      impl: of the depthwise step.
+
+    ``(N, H, W, C) -> (N, H / s, W / s, O)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        strides: int = 1,
+        groups: int | None = None,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        impl: ops.Impl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.in_features, self.out_features = in_features, out_features
+        if groups is None:
+            self.spatial = depthwise_norm_act(in_features, strides=strides, impl=impl, **common)
+        else:
+            self.spatial = conv_norm_act(
+                in_features, in_features, 3, strides=strides, groups=groups, **common
+            )
+        self.pointwise = conv_norm_act(in_features, out_features, 1, **common)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.pointwise(self.spatial(x))
+
+
+class InvertedResidual(nnx.Module):
+    """MobileNetV2's inverted residual with a linear bottleneck.
+
+    1x1 expansion to ``C * expand_ratio`` - BN - ReLU6 (skipped when ``expand_ratio == 1``),
+    3x3 depthwise - BN - ReLU6, 1x1 linear projection to ``O`` - BN; plus the input when the
+    shapes allow (stride 1 and ``C == O``). The hidden width is ``round(C * expand_ratio)``.
+
+    ``(N, H, W, C) -> (N, H / s, W / s, O)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        strides: int = 1,
+        expand_ratio: int = 6,
+        activation: Activation = jax.nn.relu6,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        impl: ops.Impl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        name = type(self).__name__
+        expand_ratio = v.check_int(name, "expand_ratio", expand_ratio)
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.in_features, self.out_features = in_features, out_features
+        hidden = int(round(in_features * expand_ratio))
+        self.expand = (
+            conv_norm_act(in_features, hidden, 1, activation=activation, **common)
+            if expand_ratio != 1
+            else nnx.data(None)
+        )
+        self.depthwise = depthwise_norm_act(
+            hidden, strides=strides, activation=activation, impl=impl, **common
+        )
+        self.project = conv_norm_act(hidden, out_features, 1, activation=None, **common)
+        self.use_residual = strides == 1 and in_features == out_features
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x if self.expand is None else self.expand(x)
+        y = self.project(self.depthwise(y))
+        return x + y if self.use_residual else y
+
+
+class ShuffleUnit(nnx.Module):
+    """ShuffleNet's unit: grouped 1x1 - BN - ReLU, channel shuffle, 3x3 depthwise - BN,
+    grouped 1x1 - BN, then the shortcut and a ReLU.
+
+    At stride 1 (``C == O``) the shortcut is the identity, added. At stride 2 it is a 3x3
+    average pool (stride 2, padding 1) of the input, concatenated, so the branch produces
+    ``O - C`` channels. The bottleneck has ``O // 4`` channels, as in the paper and Megvii's
+    reference; the first 1x1 is dense when ``first_grouped=False`` (the paper's first unit of
+    stage 2, whose input has few channels).
+
+    ``(N, H, W, C) -> (N, H / s, W / s, O)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        groups: int,
+        strides: int = 1,
+        first_grouped: bool = True,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        impl: ops.Impl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        name = type(self).__name__
+        groups = v.check_int(name, "groups", groups)
+        if strides not in (1, 2):
+            raise ValueError(f"{name}: strides must be 1 or 2, but got {strides!r}")
+        if strides == 1 and in_features != out_features:
+            raise ValueError(
+                f"{name}: a stride-1 unit adds its input, so in_features must equal "
+                f"out_features, but got {in_features} and {out_features}"
+            )
+        branch = out_features - in_features if strides == 2 else out_features
+        if branch <= 0:
+            raise ValueError(
+                f"{name}: a stride-2 unit concatenates its input, so out_features must exceed "
+                f"in_features, but got {out_features} <= {in_features}"
+            )
+        bottleneck = out_features // 4
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.in_features, self.out_features = in_features, out_features
+        self.strides = strides
+        self.gconv1 = conv_norm_act(
+            in_features, bottleneck, 1, groups=groups if first_grouped else 1, **common
+        )
+        self.shuffle = nn.ChannelShuffle(groups, in_features=bottleneck)
+        self.depthwise = depthwise_norm_act(
+            bottleneck, strides=strides, activation=None, impl=impl, **common
+        )
+        self.gconv2 = conv_norm_act(bottleneck, branch, 1, groups=groups, activation=None, **common)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.gconv2(self.depthwise(self.shuffle(self.gconv1(x))))
+        if self.strides == 1:
+            return jax.nn.relu(x + y)
+        shortcut = nnx.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return jax.nn.relu(jnp.concatenate([y, shortcut.astype(y.dtype)], axis=-1))

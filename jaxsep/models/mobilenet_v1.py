@@ -1,0 +1,169 @@
+"""MobileNetV1 (Howard et al., 2017, https://arxiv.org/abs/1704.04861)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxsep import _validation as v
+from jaxsep import ops
+from jaxsep.models import _common
+from jaxsep.models._registry import register_model
+from jaxsep.models.blocks import (
+    DepthwiseSeparableBlock,
+    classifier,
+    conv_norm_act,
+    global_average_pool,
+)
+
+__all__ = ["CONV_CHOICES", "LAYERS", "MobileNetV1", "mobilenet_v1", "v1_channels"]
+
+Dtype = Any
+
+# The paper's Table 1 at width 1: the stem's channels, then (out channels, stride) of each of
+# the 13 3x3 layers. The table prints stride 2 for the last layer; the reference (TF-slim) and
+# every port use 1 (the map is already 7x7).
+STEM_CHANNELS = 32
+LAYERS: tuple[tuple[int, int], ...] = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),  # the five 14x14x512 layers, dropped by shallow=True (the paper's Table 5)
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+SHALLOW_DROPPED = range(6, 11)
+MIN_DEPTH = 8  # TF-slim's min_depth
+CONV_CHOICES = ("separable", "standard", "grouped")
+
+
+def v1_channels(channels: int, width_multiplier: float) -> int:
+    """TF-slim's (and Keras') rounding of MobileNetV1 widths: ``max(int(c * alpha), 8)``."""
+    return max(int(channels * width_multiplier), MIN_DEPTH)
+
+
+class MobileNetV1(nnx.Module):
+    """MobileNetV1: a 3x3 stem, 13 depthwise-separable blocks, average pool, classifier.
+
+    Every channel count is the paper's times ``width_multiplier`` (alpha), rounded as TF-slim
+    rounds it (:func:`v1_channels`), the stem and the last layer included. Head (the paper's
+    rule): global average pool over the ``1024 * alpha``-channel map, optional dropout, one
+    fully connected layer ``1024 * alpha -> num_classes``. At 224x224 this gives the paper's
+    counts: 4.2 M parameters and 569 M multiply-adds at alpha 1, 1.3 M / 149 M at 0.5
+    (the counts include BatchNorm's scale and bias, as Keras' do: 4,231,976 at alpha 1).
+
+    Args:
+      num_classes: classifier outputs; default 10 for "cifar", 1000 for "imagenet".
+      width_multiplier: alpha.
+      variant: "imagenet" (224x224 inputs; stem stride 2) or "cifar" (32x32 inputs; stem
+        stride 1, as in the kuangliu/pytorch-cifar port).
+      conv: each 3x3 layer is "separable" (the paper's MobileNet: depthwise 3x3 - BN - ReLU,
+        pointwise 1x1 - BN - ReLU), "standard" (the paper's "Conv MobileNet": one full 3x3
+        conv - BN - ReLU in place of each pair; 29.3 M parameters, 4866 M multiply-adds) or
+        "grouped" (a grouped 3x3 ``C -> C`` conv with ``groups`` groups, then the pointwise).
+        The stem is always a standard 3x3 convolution.
+      groups: the groups of every grouped 3x3 layer; only (and required) with "grouped". It
+        must divide every such layer's input channels.
+      shallow: drop the five 14x14x512 layers (the paper's "Shallow MobileNet", Table 5).
+      dropout_rate: of the dropout before the classifier (0 disables it).
+      in_channels: of the input images.
+      dtype: the computation dtype (e.g. ``jnp.bfloat16``); None follows the inputs.
+      param_dtype: the parameters' dtype.
+      impl: of the depthwise convolutions (see :func:`jaxsep.ops.depthwise_conv`).
+      rngs: parameter initialization and dropout.
+
+    ``(N, H, W, in_channels) -> (N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int | None = None,
+        width_multiplier: float = 1.0,
+        variant: Literal["imagenet", "cifar"] = "imagenet",
+        conv: Literal["separable", "standard", "grouped"] = "separable",
+        groups: int | None = None,
+        shallow: bool = False,
+        dropout_rate: float = 0.0,
+        in_channels: int = 3,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        impl: ops.Impl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        name = type(self).__name__
+        self.variant = _common.check_variant(name, variant)
+        self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
+        self.width_multiplier = _common.check_width(name, width_multiplier)
+        self.dropout_rate = _common.check_rate(name, dropout_rate)
+        in_channels = v.check_int(name, "in_channels", in_channels)
+        if conv not in CONV_CHOICES:
+            raise ValueError(f"{name}: conv must be one of {CONV_CHOICES}, but got {conv!r}")
+        if conv == "grouped":
+            if groups is None:
+                raise ValueError(f"{name}: conv='grouped' needs groups, but got groups=None")
+            groups = v.check_int(name, "groups", groups)
+        elif groups is not None:
+            raise ValueError(
+                f"{name}: groups applies only to conv='grouped', but got conv={conv!r} and "
+                f"groups={groups!r}"
+            )
+        self.conv = conv
+        self.groups = groups
+        self.shallow = bool(shallow)
+
+        width = self.width_multiplier
+        layers = [
+            (v1_channels(c, width), s)
+            for i, (c, s) in enumerate(LAYERS)
+            if not (self.shallow and i in SHALLOW_DROPPED)
+        ]
+        stem = v1_channels(STEM_CHANNELS, width)
+        if conv == "grouped":
+            bad = [c for c in [stem] + [c for c, _ in layers[:-1]] if c % groups]
+            if bad:
+                raise ValueError(
+                    f"{name}: groups must divide the input channels of every grouped 3x3 layer "
+                    f"at width_multiplier={width}, but {groups} does not divide {bad[0]}"
+                )
+
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        stem_stride = 2 if variant == "imagenet" else 1
+        self.stem = conv_norm_act(in_channels, stem, 3, strides=stem_stride, **common)
+        blocks = []
+        features = stem
+        for out, stride in layers:
+            if conv == "standard":
+                block = conv_norm_act(features, out, 3, strides=stride, **common)
+            else:
+                block = DepthwiseSeparableBlock(
+                    features, out, strides=stride, groups=groups, impl=impl, **common
+                )
+            blocks.append(block)
+            features = out
+        self.blocks = nnx.List(blocks)
+        self.num_features = features
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
+        self.classifier = classifier(features, self.num_classes, **common)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(self.dropout(global_average_pool(x)))
+
+
+@register_model
+def mobilenet_v1(**kwargs: Any) -> MobileNetV1:
+    """:class:`MobileNetV1`; takes its keyword arguments."""
+    return MobileNetV1(**kwargs)
