@@ -1,0 +1,108 @@
+"""The ``jaxsep train`` and ``jaxsep eval`` subcommands: their arguments and runners, for
+:mod:`jaxsep.cli` to declare (``add_*_arguments(parser)``) and dispatch (``run_*(args)``).
+
+Exit status: 0 done; 2 bad configuration (reported before any compute); 1 the loss became
+non-finite; 128 + signal number (130 for SIGINT, 143 for SIGTERM) when a signal stopped the
+run after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxsep.train.config import add_config_arguments, config_from_args
+
+__all__ = ["add_eval_arguments", "add_train_arguments", "run_eval", "run_train"]
+
+TRAIN_EXAMPLE = (
+    "example: jaxsep train --model mobilenet_v1 --width 0.5 --conv separable --epochs 30 "
+    "--batch-size 128 --data-dir DIR --out runs/NAME --seed 0"
+)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declares ``jaxsep train``'s flags: one per TrainConfig field, ``--out`` required, and
+    ``--resume``."""
+    run = add_config_arguments(parser, exclude=("out",))["run"]
+    run.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="run folder: config.json, metrics.jsonl, summary.json, checkpoints/, best/. "
+        "Rerunning on an existing folder continues it",
+    )
+    run.add_argument(
+        "--resume", action="store_true",
+        help="continue from the last checkpoint in --out (an error if there is none); "
+        "without it a run with checkpoints continues too",
+    )
+    if parser.epilog is None:
+        parser.epilog = TRAIN_EXAMPLE
+
+
+def _error(prog: str, error: BaseException) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Runs ``jaxsep train``; returns the exit status."""
+    from jaxsep.train.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
+
+    prog = "jaxsep train"
+    try:
+        config = config_from_args(args)
+    except (TypeError, ValueError) as error:
+        return _error(prog, error)
+    try:
+        train_and_evaluate(config, resume=True if getattr(args, "resume", False) else None)
+    except TrainingInterrupted as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return error.exit_code
+    except NonFiniteLossError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError, OSError) as error:
+        if getattr(error, "jaxsep_config_error", False):
+            return _error(prog, error)
+        raise
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declares ``jaxsep eval``'s flags."""
+    parser.add_argument(
+        "--run", dest="run_dir", required=True, metavar="DIR", help="a run folder (--out of train)"
+    )
+    parser.add_argument(
+        "--which", choices=("best", "last"), default="best",
+        help="the best test accuracy's checkpoint (default) or the last one",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR",
+        help="where the data is now, if not where the run found it",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Runs ``jaxsep eval``; returns the exit status."""
+    from jaxsep.train.loop import evaluate_run
+
+    prog = "jaxsep eval"
+    try:
+        result = evaluate_run(args.run_dir, which=args.which, data_dir=args.data_dir)
+    except (TypeError, ValueError, OSError) as error:
+        if getattr(error, "jaxsep_config_error", False) or isinstance(error, FileNotFoundError):
+            return _error(prog, error)
+        raise
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        correct = round(result["test_accuracy"] * result["num_test"])
+        print(
+            f"{args.run_dir}: test accuracy {100 * result['test_accuracy']:.2f}% "
+            f"({correct}/{result['num_test']}), test loss {result['test_loss']:.4f} "
+            f"({args.which} checkpoint, epoch {result['epoch']}, {result['dataset']})"
+        )
+    return 0
