@@ -6,6 +6,11 @@ every subcommand can be tested by calling ``main([...])``.
 
   jaxsep info MODEL [--width W] [--resolution R] [--conv separable|standard|grouped]
                     [--groups G] [--variant cifar|imagenet] [--shallow]
+  jaxsep train --out DIR [--model NAME] [--width W] [--epochs E] [--batch-size B] ...
+               [--resume]   (one flag per jaxsep.train.TrainConfig field)
+  jaxsep eval --run DIR [--which best|last] [--data-dir DIR] [--json]
+  jaxsep sweep FILE [--preset cpu|full] [--dry-run] [--only LABEL ...] [--collect-only]
+               [--runs-dir DIR] [--results-dir DIR] [--keep-going] [--quiet] [--no-plot]
 """
 
 from __future__ import annotations
@@ -84,9 +89,74 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from jaxsep import train
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on CIFAR-10 (or synthetic data) and evaluate it",
+        description="Train a model and write config.json, metrics.jsonl, summary.json and "
+        "checkpoints to --out. Rerunning on an existing --out resumes it. Exit status: 0 done, "
+        "2 bad configuration, 1 non-finite loss, 130/143 stopped by SIGINT/SIGTERM (a "
+        "checkpoint was saved).",
+    )
+    train.add_train_arguments(parser)
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from jaxsep import train
+
+    return train.run_train(args)
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    from jaxsep import train
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="test accuracy of a trained run's best (or last) checkpoint",
+        description="Reload a run's best checkpoint (or --which last) and report its test "
+        "accuracy.",
+    )
+    train.add_eval_arguments(parser)
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from jaxsep import train
+
+    return train.run_eval(args)
+
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    from jaxsep import sweep
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train every point of a sweep file (experiments/*.toml) and collect the results",
+        description="Run every point of a sweep file through the training harness into "
+        "RUNS/<sweep>_<preset>/<point>/ (finished points are skipped, interrupted ones "
+        "resumed), then write RESULTS/<sweep>_<preset>.csv, .md and .png. Exit status: 0 done, "
+        "2 bad sweep file or a run folder of another configuration, 1 a point failed, 130/143 "
+        "stopped by SIGINT/SIGTERM (rerun the same command to resume).",
+    )
+    sweep.add_sweep_arguments(parser)
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from jaxsep import sweep
+
+    return sweep.run_sweep_command(args)
+
+
 # Subcommand name -> the function that declares it. Add train/eval/sweep here.
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "info": _add_info,
+    "train": _add_train,
+    "eval": _add_eval,
+    "sweep": _add_sweep,
 }
 
 

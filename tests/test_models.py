@@ -132,6 +132,8 @@ def v1_params(width=1.0, num_classes=1000, conv="separable", groups=None, shallo
     for c_out in channels:
         if conv == "standard":
             total += 9 * c_in * c_out + 2 * c_out
+        elif conv == "factorized":  # depthwise (C*M) + pointwise (C*M -> O), BN on O only
+            total += 9 * c_in * groups + c_in * groups * c_out + 2 * c_out
         else:
             g = c_in if conv == "separable" else groups
             total += 9 * (c_in // g) * c_in + 2 * c_in + c_in * c_out + 2 * c_out
@@ -216,6 +218,8 @@ PARAM_CASES = [
     ("mobilenet_v1", {"conv": "standard"}, 29_294_088, v1_params(conv="standard")),
     ("mobilenet_v1", {"shallow": True}, 2_887_976, v1_params(shallow=True)),
     ("mobilenet_v1", {"conv": "grouped", "groups": 4}, None, v1_params(conv="grouped", groups=4)),
+    ("mobilenet_v1", {"conv": "factorized", "depth_multiplier": 2}, None,
+     v1_params(conv="factorized", groups=2)),
     ("mobilenet_v1", {"variant": "cifar"}, 3_217_226, v1_params(num_classes=10)),
     ("mobilenet_v2", {}, 3_504_872, v2_params()),  # = torchvision's mobilenet_v2
     ("mobilenet_v2", {"width_multiplier": 1.4}, None, v2_params(1.4)),
@@ -386,6 +390,81 @@ def test_blocks():
     assert out_struct(block, (1, 8, 8, 32)).shape == (1, 4, 4, 64)
 
 
+# --------------------------------------------------------------------------- factorization
+
+
+@functools.lru_cache(maxsize=None)
+def trained_looking_standard_v1():
+    """A width-0.125 CIFAR "standard" MobileNetV1 in eval mode with non-trivial BatchNorm
+    statistics and a classifier scaled up, so that its logits are O(1) and differ by input."""
+    model = models.create(
+        "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard", rngs=rngs(0)
+    )
+    rng = np.random.default_rng(0)
+    for layer in [model.stem, *model.blocks]:
+        size = layer.norm.mean.shape[0]
+        layer.norm.mean[...] = jnp.asarray(rng.normal(0, 0.1, size), jnp.float32)
+        layer.norm.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size), jnp.float32)
+        layer.norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, size), jnp.float32)
+        layer.norm.bias[...] = jnp.asarray(rng.normal(0, 0.1, size), jnp.float32)
+    model.classifier.kernel[...] = model.classifier.kernel[...] * 100
+    model.eval()
+    return model
+
+
+@jax.jit
+def _logits(graphdef, state, x):
+    return nnx.merge(graphdef, state)(x)
+
+
+def logits(model, x):
+    return _logits(*nnx.split(model), x)
+
+
+def test_factorize_mobilenet_v1_is_exact_at_full_rank():
+    """M >= min(9, O) keeps every 3x3 kernel exactly: the converted model computes the same
+    function (eval mode), with the BatchNorm statistics, stem and classifier carried over."""
+    model = trained_looking_standard_v1()
+    converted, errors = models.factorize_mobilenet_v1(model, 9)
+    assert converted.conv == "factorized" and converted.depth_multiplier == 9
+    assert len(errors) == 13 and max(errors) < 1e-5
+    assert converted.blocks[0].norm.use_running_average  # eval mode, as the source
+    block = converted.blocks[1]  # 8 -> 16 channels, stride 2
+    assert block.conv.depthwise_kernel.shape == (3, 3, 1, 8 * 9)
+    assert block.conv.pointwise_kernel.shape == (8 * 9, 16)
+    assert block.conv.strides == (2, 2)
+    np.testing.assert_array_equal(block.norm.var[...], model.blocks[1].norm.var[...])
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    want = logits(model, x)
+    assert float(jnp.std(want)) > 0.1  # a meaningful comparison
+    np.testing.assert_allclose(logits(converted, x), want, rtol=1e-4, atol=1e-4)
+    assert n_params(converted) == v1_params(0.125, 10, conv="factorized", groups=9)
+
+
+def test_factorize_mobilenet_v1_error_falls_with_the_depth_multiplier():
+    model = trained_looking_standard_v1()
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    want = logits(model, x)
+    errors, gaps = [], []
+    for m in (1, 2, 4):
+        converted, layer_errors = models.factorize_mobilenet_v1(model, m)
+        errors.append(np.asarray(layer_errors))
+        gaps.append(float(jnp.max(jnp.abs(logits(converted, x) - want))))
+    assert np.all(errors[0] > 0.1)  # rank 1 of a random 3x3 kernel is far from it
+    assert np.all(np.diff(np.stack(errors), axis=0) < 0)  # every layer, strictly
+    assert gaps[0] > gaps[-1] > 0
+
+
+def test_factorize_mobilenet_v1_needs_a_standard_model():
+    separable = abstract("mobilenet_v1", variant="cifar", width_multiplier=0.25)
+    with pytest.raises(ValueError, match="conv='standard', but got conv='separable'"):
+        models.factorize_mobilenet_v1(separable, 2)
+    with pytest.raises(TypeError, match="must be a MobileNetV1, but got MobileNetV2"):
+        models.factorize_mobilenet_v1(abstract("mobilenet_v2"), 2)
+    with pytest.raises(ValueError, match="depth_multiplier must be >= 1"):
+        models.factorize_mobilenet_v1(trained_looking_standard_v1(), 0)
+
+
 # --------------------------------------------------------------------------- bad configuration
 
 
@@ -396,6 +475,10 @@ def test_blocks():
         ("mobilenet_v1", {"conv": "dilated"}, ValueError, "conv must be one of"),
         ("mobilenet_v1", {"conv": "grouped"}, ValueError, "conv='grouped' needs groups"),
         ("mobilenet_v1", {"groups": 4}, ValueError, "groups applies only to conv='grouped'"),
+        ("mobilenet_v1", {"depth_multiplier": 2}, ValueError,
+         "depth_multiplier applies only to conv='factorized'"),
+        ("mobilenet_v1", {"conv": "factorized", "depth_multiplier": 0}, ValueError,
+         "depth_multiplier must be >= 1"),
         ("mobilenet_v1", {"conv": "grouped", "groups": 64}, ValueError,
          "64 does not divide 32"),
         ("mobilenet_v1", {"width_multiplier": 0}, ValueError, "width_multiplier must be > 0"),

@@ -22,6 +22,10 @@ from jaxsep.models.blocks import (
     ShuffleUnit as ShuffleUnit,
     make_divisible as make_divisible,
 )
-from jaxsep.models.mobilenet_v1 import MobileNetV1 as MobileNetV1, mobilenet_v1 as mobilenet_v1
+from jaxsep.models.mobilenet_v1 import (
+    MobileNetV1 as MobileNetV1,
+    factorize_mobilenet_v1 as factorize_mobilenet_v1,
+    mobilenet_v1 as mobilenet_v1,
+)
 from jaxsep.models.mobilenet_v2 import MobileNetV2 as MobileNetV2, mobilenet_v2 as mobilenet_v2
 from jaxsep.models.shufflenet import ShuffleNetV1 as ShuffleNetV1, shufflenet_v1 as shufflenet_v1

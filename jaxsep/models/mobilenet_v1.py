@@ -9,17 +9,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxsep import _validation as v
-from jaxsep import ops
+from jaxsep import algebra, nn, ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
 from jaxsep.models.blocks import (
+    CONV_INIT,
+    ConvNormAct,
     DepthwiseSeparableBlock,
     classifier,
     conv_norm_act,
     global_average_pool,
 )
 
-__all__ = ["CONV_CHOICES", "LAYERS", "MobileNetV1", "mobilenet_v1", "v1_channels"]
+__all__ = [
+    "CONV_CHOICES",
+    "LAYERS",
+    "MobileNetV1",
+    "factorize_mobilenet_v1",
+    "mobilenet_v1",
+    "v1_channels",
+]
 
 Dtype = Any
 
@@ -44,7 +53,7 @@ LAYERS: tuple[tuple[int, int], ...] = (
 )
 SHALLOW_DROPPED = range(6, 11)
 MIN_DEPTH = 8  # TF-slim's min_depth
-CONV_CHOICES = ("separable", "standard", "grouped")
+CONV_CHOICES = ("separable", "standard", "grouped", "factorized")
 
 
 def v1_channels(channels: int, width_multiplier: float) -> int:
@@ -70,10 +79,15 @@ class MobileNetV1(nnx.Module):
       conv: each 3x3 layer is "separable" (the paper's MobileNet: depthwise 3x3 - BN - ReLU,
         pointwise 1x1 - BN - ReLU), "standard" (the paper's "Conv MobileNet": one full 3x3
         conv - BN - ReLU in place of each pair; 29.3 M parameters, 4866 M multiply-adds) or
-        "grouped" (a grouped 3x3 ``C -> C`` conv with ``groups`` groups, then the pointwise).
-        The stem is always a standard 3x3 convolution.
+        "grouped" (a grouped 3x3 ``C -> C`` conv with ``groups`` groups, then the pointwise)
+        or "factorized" (the "standard" model with each full 3x3 conv replaced by a
+        depthwise 3x3 with ``depth_multiplier`` M and a pointwise ``C * M -> O``, nothing
+        between them, then the standard layer's BN - ReLU: what
+        :func:`factorize_mobilenet_v1` builds from a trained "standard" model). The stem is
+        always a standard 3x3 convolution.
       groups: the groups of every grouped 3x3 layer; only (and required) with "grouped". It
         must divide every such layer's input channels.
+      depth_multiplier: M of the "factorized" layers; only with "factorized" (default 1).
       shallow: drop the five 14x14x512 layers (the paper's "Shallow MobileNet", Table 5).
       dropout_rate: of the dropout before the classifier (0 disables it).
       in_channels: of the input images.
@@ -93,6 +107,7 @@ class MobileNetV1(nnx.Module):
         variant: Literal["imagenet", "cifar"] = "imagenet",
         conv: Literal["separable", "standard", "grouped"] = "separable",
         groups: int | None = None,
+        depth_multiplier: int | None = None,
         shallow: bool = False,
         dropout_rate: float = 0.0,
         in_channels: int = 3,
@@ -118,8 +133,18 @@ class MobileNetV1(nnx.Module):
                 f"{name}: groups applies only to conv='grouped', but got conv={conv!r} and "
                 f"groups={groups!r}"
             )
+        if conv == "factorized":
+            depth_multiplier = v.check_int(
+                name, "depth_multiplier", 1 if depth_multiplier is None else depth_multiplier
+            )
+        elif depth_multiplier is not None:
+            raise ValueError(
+                f"{name}: depth_multiplier applies only to conv='factorized', but got "
+                f"conv={conv!r} and depth_multiplier={depth_multiplier!r}"
+            )
         self.conv = conv
         self.groups = groups
+        self.depth_multiplier = depth_multiplier
         self.shallow = bool(shallow)
 
         width = self.width_multiplier
@@ -145,6 +170,13 @@ class MobileNetV1(nnx.Module):
         for out, stride in layers:
             if conv == "standard":
                 block = conv_norm_act(features, out, 3, strides=stride, **common)
+            elif conv == "factorized":
+                pair = nn.SeparableConv(
+                    features, out, (3, 3), depth_multiplier=depth_multiplier, strides=stride,
+                    use_bias=False, depthwise_init=CONV_INIT, pointwise_init=CONV_INIT,
+                    dtype=dtype, param_dtype=param_dtype, impl=impl, rngs=rngs,
+                )
+                block = ConvNormAct(pair, activation=jax.nn.relu, **common)
             else:
                 block = DepthwiseSeparableBlock(
                     features, out, strides=stride, groups=groups, impl=impl, **common
@@ -161,6 +193,70 @@ class MobileNetV1(nnx.Module):
         for block in self.blocks:
             x = block(x)
         return self.classifier(self.dropout(global_average_pool(x)))
+
+
+def factorize_mobilenet_v1(
+    model: MobileNetV1, depth_multiplier: int, *, impl: ops.Impl = "auto"
+) -> tuple[MobileNetV1, tuple[float, ...]]:
+    """Converts a "standard" MobileNetV1 into a "factorized" one with
+    :func:`jaxsep.factorize_conv`.
+
+    Each full 3x3 kernel ``(3, 3, C, O)`` of the 13 layers becomes the closest depthwise
+    ``(3, 3, 1, C * M)`` + pointwise ``(C * M, O)`` pair (a rank-M truncated SVD per input
+    channel); the layer's BatchNorm (parameters and running statistics) and ReLU follow as
+    before. The stem (a 3x3 conv from the image's channels, standard in every MobileNetV1)
+    and the classifier are copied unchanged. With ``M >= min(9, O)`` for every layer the
+    converted model computes the same function (up to float rounding).
+
+    Args:
+      model: a :class:`MobileNetV1` built with ``conv="standard"`` (real, not abstract).
+      depth_multiplier: M.
+      impl: of the new depthwise steps.
+
+    Returns:
+      ``(converted, errors)``: a new ``conv="factorized"`` model with the same width,
+      variant, classes, dropout and train/eval mode, and each layer's
+      ``||W - fused||_F / ||W||_F`` (13 floats, 8 when ``shallow``).
+    """
+    name = "factorize_mobilenet_v1"
+    if not isinstance(model, MobileNetV1):
+        raise TypeError(f"{name}: model must be a MobileNetV1, but got {type(model).__name__}")
+    if model.conv != "standard":
+        raise ValueError(
+            f"{name}: model must be built with conv='standard', but got conv={model.conv!r}"
+        )
+    depth_multiplier = v.check_int(name, "depth_multiplier", depth_multiplier)
+    stem_conv = model.stem.conv
+    # Built abstractly (nothing initialized): every variable is then taken from ``model``.
+    converted = nnx.eval_shape(lambda: MobileNetV1(
+        num_classes=model.num_classes,
+        width_multiplier=model.width_multiplier,
+        variant=model.variant,
+        conv="factorized",
+        depth_multiplier=depth_multiplier,
+        shallow=model.shallow,
+        dropout_rate=model.dropout_rate,
+        in_channels=stem_conv.in_features,
+        dtype=stem_conv.dtype,
+        param_dtype=stem_conv.param_dtype,
+        impl=impl,
+        rngs=nnx.Rngs(0),
+    ))
+    for part in ("stem", "dropout", "classifier"):
+        nnx.update(getattr(converted, part), nnx.state(getattr(model, part)))
+    errors = []
+    for old, new in zip(model.blocks, converted.blocks):
+        dw, pw, error = algebra.factorize_conv(old.conv.kernel[...], depth_multiplier)
+        new.conv.depthwise_kernel.set_value(dw)
+        new.conv.pointwise_kernel.set_value(pw)
+        nnx.update(new.norm, nnx.state(old.norm))
+        errors.append(float(error))
+    leaves = jax.tree.leaves(nnx.state(converted))
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+        raise RuntimeError(f"{name}: a variable of the converted model was left uninitialized")
+    if model.stem.norm.use_running_average:
+        converted.eval()
+    return converted, tuple(errors)
 
 
 @register_model
