@@ -28,17 +28,6 @@ from jaxsep import _validation as v
 __all__ = ["Factorization", "factorize_conv", "fuse_separable"]
 
 
-def _check_float(op: str, name: str, a: Any) -> np.dtype:
-    """Only real floating kernels (reads ``a.dtype`` directly: no array-to-dtype conversion)."""
-    dtype = np.dtype(a.dtype) if hasattr(a, "dtype") else np.result_type(a)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{op}: {name} must have a floating dtype (float32, bfloat16, float16 or float64), "
-            f"but got {dtype}"
-        )
-    return dtype
-
-
 def _check_depthwise(op: str, kernel: Any, multiplier: int) -> tuple[tuple[int, ...], int]:
     """Returns the window ``K`` and the channels ``C`` of a ``(*K, 1, C * M)`` kernel."""
     shape = tuple(np.shape(kernel))
@@ -85,8 +74,8 @@ def fuse_separable(
     """
     op = "fuse_separable"
     m = v.check_int(op, "depth_multiplier", depth_multiplier)
-    _check_float(op, "depthwise_kernel", depthwise_kernel)
-    _check_float(op, "pointwise_kernel", pointwise_kernel)
+    v.check_float_dtype(op, "depthwise_kernel", depthwise_kernel)
+    v.check_float_dtype(op, "pointwise_kernel", pointwise_kernel)
     window, c = _check_depthwise(op, depthwise_kernel, m)
     rank = len(window)
     pw_shape = tuple(np.shape(pointwise_kernel))
@@ -148,7 +137,7 @@ def factorize_conv(dense_kernel: jax.Array, depth_multiplier: int = 1) -> Factor
     """
     op = "factorize_conv"
     m = v.check_int(op, "depth_multiplier", depth_multiplier)
-    _check_float(op, "dense_kernel", dense_kernel)
+    v.check_float_dtype(op, "dense_kernel", dense_kernel)
     shape = tuple(np.shape(dense_kernel))
     if len(shape) < 3 or 0 in shape:
         raise ValueError(
