@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsep
+from jaxsep._io import atomic_write
 from jaxsep._taps import choose_impl
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -223,13 +223,6 @@ def markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -287,8 +280,8 @@ def main(argv=None) -> int:
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
         stem = f"bench_ops_{report['backend']}"
-        _atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-        _atomic_write(out_dir / f"{stem}.md", table)
+        atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        atomic_write(out_dir / f"{stem}.md", table)
         print(f"wrote {out_dir / stem}.json and .md")
     return 0
 

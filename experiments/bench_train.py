@@ -37,7 +37,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsep import data as jdata
+from jaxsep._io import atomic_write
 from jaxsep import models
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.train import steps as S
@@ -293,13 +293,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5])
@@ -352,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
         stem = f"bench_train_{report['backend']}"
-        _atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-        _atomic_write(out_dir / f"{stem}.md", table)
+        atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        atomic_write(out_dir / f"{stem}.md", table)
         print(f"wrote {out_dir / stem}.json and .md")
     return 0
 

@@ -194,17 +194,13 @@ def count_params(tree: Any) -> int:
     Raises:
       TypeError: a leaf has no ``shape`` (e.g. a Python number or string).
     """
-    is_leaf = None
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a dependency, but keep this usable without
-        nnx = None
-    if nnx is not None:
-        if isinstance(tree, nnx.Module):
-            tree = nnx.state(tree, nnx.Param)
+    from flax import nnx  # local: the cost model itself needs only jax
 
-        def is_leaf(x: Any) -> bool:
-            return isinstance(x, nnx.Variable)
+    if isinstance(tree, nnx.Module):
+        tree = nnx.state(tree, nnx.Param)
+
+    def is_leaf(x: Any) -> bool:
+        return isinstance(x, nnx.Variable)
 
     total = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:

@@ -64,7 +64,6 @@ import posixpath
 import re
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -78,6 +77,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxsep._io import atomic_write
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -755,26 +756,6 @@ def _decode_source(source: _Source) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(destination: Path, write: Callable[[IO[bytes]], None], *, durable: bool) -> None:
-    """Writes via a temporary file in the same folder renamed into place, so readers see the
-    old file or the complete new one, never a partial one."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            if durable:
-                file.flush()
-                os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; caches may be shared
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _source_fingerprint(source: _Source) -> str:
     path = source.path.resolve()
     status = path.stat()
@@ -825,7 +806,7 @@ def _write_cache(dataset: Dataset, cache_file: Path) -> None:
 
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache_file, write, durable=False)
+        atomic_write(cache_file, write)
     except OSError as error:
         # The cache only saves time; failing to write it must not fail the load.
         warnings.warn(
@@ -915,7 +896,7 @@ def _download_cifar10(cache_dir: Path) -> Path:
             )
 
     try:
-        _atomic_write(destination, download, durable=True)
+        atomic_write(destination, download, durable=True)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise RuntimeError(

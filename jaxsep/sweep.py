@@ -62,11 +62,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxsep._io import atomic_write
 
 __all__ = [
     "CSV_FIELDS",
@@ -656,7 +657,7 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
     converted.train()
     _, new_params, new_stats, _ = nnx.split(converted, nnx.Param, nnx.BatchStat, ...)
     converted_dir.mkdir(parents=True)
-    _atomic_write(converted_dir / "config.json",
+    atomic_write(converted_dir / "config.json",
                   point.config.replace(out=None, init_from=None).to_json().encode())
     _save_best(converted_dir, {"params": new_params, "batch_stats": new_stats},
                {"epoch": 0, "source": str(source.out), "source_epoch": int(meta["epoch"])})
@@ -674,7 +675,7 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
         "num_test": evaluation["num_test"],
         "jax_version": jax.__version__,
     }
-    _atomic_write(record_file, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write(record_file, (json.dumps(record, indent=2) + "\n").encode())
     return record
 
 
@@ -707,20 +708,6 @@ def _save_best(run: Path, tree: Any, meta: dict) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Collection
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``path`` whole or not at all (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as file:
-        file.write(data)
-        temporary = Path(file.name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
 
 
 def _row(point: Point) -> dict[str, Any]:
@@ -942,7 +929,7 @@ def _plot(sweep: Sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     figure.suptitle(f"{sweep.name} ({sweep.preset} preset)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return True
 
 
@@ -972,7 +959,7 @@ def collect(
     csv_path = results_dir / f"{sweep.id}.csv"
     md_path = results_dir / f"{sweep.id}.md"
     png_path = results_dir / f"{sweep.id}.png"
-    _atomic_write(csv_path, _csv_text(rows).encode())
+    atomic_write(csv_path, _csv_text(rows).encode())
     drawn = False
     if plot:
         drawn = _plot(sweep, rows, png_path)
@@ -985,7 +972,7 @@ def collect(
             else:
                 log("no point has finished yet, so no plot was drawn")
     markdown = _markdown(sweep, rows, csv_path.name, png_path.name if drawn else None)
-    _atomic_write(md_path, markdown.encode())
+    atomic_write(md_path, markdown.encode())
     return Collected(tuple(rows), csv_path, md_path, png_path if drawn else None)
 
 

@@ -64,6 +64,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsep import cost, data as jdata, models
+from jaxsep._io import atomic_write
 from jaxsep.train import steps as S
 from jaxsep.train.config import (
     RESUMABLE_FIELDS,
@@ -173,18 +174,6 @@ def maybe_initialize_distributed() -> bool:
             "else uses JAX in this process"
         ) from error
     return True
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``path`` whole or not at all (a temporary file renamed into place)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as file:
-        file.write(text)
-        temporary = Path(file.name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # as open() would have created it
-    os.replace(temporary, path)
 
 
 def _model_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -749,7 +738,7 @@ class _Trainer:
         self.manager = self.best_manager = None
         if out is not None:
             if self.lead:  # (re)written: resumable fields such as epochs may have changed
-                _atomic_write_text(out / "config.json", config.to_json())
+                atomic_write(out / "config.json", config.to_json())
             self.manager = _checkpoint_manager(out / "checkpoints", KEEP_CHECKPOINTS)
             self.best_manager = _checkpoint_manager(out / "best", 1)
         replicated = spec.replicated
@@ -991,7 +980,7 @@ class _Trainer:
         position["epoch"], position["step_in_epoch"] = epoch + 1, 0
         if self.out is not None and self.lead:
             text = "".join(json.dumps(m) + "\n" for m in self.metrics)
-            _atomic_write_text(self.out / "metrics.jsonl", text)
+            atomic_write(self.out / "metrics.jsonl", text)
         self.save()
 
     # ---- the report -------------------------------------------------------------------------
@@ -1030,7 +1019,7 @@ class _Trainer:
             "out": str(self.out) if self.out is not None else None,
         }
         if self.out is not None and self.lead:
-            _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         logger.info(
             "done: final test accuracy %s, best %s (epoch %s), %.0f s",
             _percent(summary["final_test_accuracy"]), _percent(summary["best_test_accuracy"]),
