@@ -39,6 +39,20 @@ Running is resumable: a point whose ``summary.json`` exists for the same configu
 of its epochs) is skipped, a point with checkpoints is resumed by the harness, and a run
 folder holding a different configuration is an error before anything is trained.
 
+Records: run folders are big (checkpoints) and not kept in git, while a sweep may outlast the
+machine or the checkout that runs it. So when a point finishes, its small result files
+(``config.json``, ``metrics.jsonl``, ``summary.json`` and a factorized point's
+``conversion.json``; never checkpoints) are copied into its record folder
+``<results-dir>/S_R/P/``, next to the result files and meant to be committed with them
+(:func:`collect` also back-fills the record of any point finished in its run folder). A point
+whose record holds a ``summary.json`` of the same configuration (compared as a run folder's)
+counts as finished even when its run folder is gone: it is skipped ("recorded") and
+:func:`collect` reads its row from the record, so a fresh checkout regenerates the same
+results. A record of another configuration is ignored (and replaced once the point trains).
+The one thing a record cannot give is a checkpoint: a factorized point whose source is
+finished only by its record stops the sweep before anything is trained; ``--retrain SOURCE``
+ignores that record and trains the source again.
+
 Factorized points (the ``init_from`` / ``factorize`` keys): the source point must be a
 ``mobilenet_v1`` with ``conv="standard"`` listed earlier in the file, with the same model,
 width and variant. Its best checkpoint is converted with
@@ -107,6 +121,10 @@ DEFAULT_PRESET = "cpu"
 STORED_RESOLUTION = 32
 CONVERTED = "converted"  # a factorized point's converted source, inside its run folder
 CONVERSION_FILE = "conversion.json"
+# A run's files that its record keeps (those present), summary.json last: a record is complete
+# once it has one (see _write_record).
+RECORD_FILES = ("config.json", "metrics.jsonl", CONVERSION_FILE, "summary.json")
+DEFAULT_RESULTS_DIR = "experiments/results"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 
 # One CSV row per point, in this order.
@@ -159,6 +177,8 @@ class Point:
       config: the complete :class:`~jaxsep.train.TrainConfig`, ``out`` its run folder.
       init_from: the label of the point whose best checkpoint it factorizes, or None.
       factorize: the depth multiplier of that conversion, or None.
+      record: its record folder ``<results-dir>/<sweep id>/<label>/`` (see the module
+        docstring), or None to keep no record.
     """
 
     label: str
@@ -166,6 +186,7 @@ class Point:
     config: Any  # TrainConfig (imported lazily)
     init_from: str | None = None
     factorize: int | None = None
+    record: Path | None = None
 
     @property
     def out(self) -> Path:
@@ -183,6 +204,7 @@ class Sweep:
       points: in the file's order (grid points first).
       runs_dir: the folder holding ``<id>/<label>/`` run folders.
       source: the file it was read from (None when built from a dict).
+      results_dir: the folder of the result files and of the ``<id>/<label>/`` records.
     """
 
     name: str
@@ -191,6 +213,7 @@ class Sweep:
     points: tuple[Point, ...]
     runs_dir: Path
     source: Path | None = None
+    results_dir: Path = Path(DEFAULT_RESULTS_DIR)
 
     @property
     def id(self) -> str:
@@ -209,11 +232,25 @@ class Sweep:
             f"sweep {self.name!r} has no point {label!r}; its points are {self.labels}"
         )
 
+    def with_results_dir(self, results_dir: str | os.PathLike) -> Sweep:
+        """The same sweep with its result files and records in ``results_dir``."""
+        results_dir = Path(results_dir)
+        if results_dir == self.results_dir:
+            return self
+        points = tuple(dataclasses.replace(p, record=results_dir / self.id / p.label)
+                       for p in self.points)
+        return dataclasses.replace(self, points=points, results_dir=results_dir)
+
 
 def load_sweep(
-    path: str | os.PathLike, *, preset: str = DEFAULT_PRESET, runs_dir: str | os.PathLike = "runs"
+    path: str | os.PathLike,
+    *,
+    preset: str = DEFAULT_PRESET,
+    runs_dir: str | os.PathLike = "runs",
+    results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
 ) -> Sweep:
-    """Reads a sweep file (see the module docstring) for ``preset``.
+    """Reads a sweep file (see the module docstring) for ``preset``, its runs in ``runs_dir``
+    and its result files and records in ``results_dir``.
 
     Raises:
       SweepError: the file is not valid TOML, has unknown sections or fields, lacks the
@@ -229,7 +266,8 @@ def load_sweep(
         raise SweepError(f"{path}: not valid TOML: {error}") from error
     except OSError as error:
         raise SweepError(f"cannot read the sweep file {str(path)!r}: {error}") from error
-    return sweep_from_dict(data, preset=preset, runs_dir=runs_dir, source=path)
+    return sweep_from_dict(data, preset=preset, runs_dir=runs_dir, results_dir=results_dir,
+                           source=path)
 
 
 def _where(source: Path | None) -> str:
@@ -265,6 +303,7 @@ def sweep_from_dict(
     *,
     preset: str = DEFAULT_PRESET,
     runs_dir: str | os.PathLike = "runs",
+    results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
     source: Path | None = None,
 ) -> Sweep:
     """Builds a :class:`Sweep` from the parsed TOML ``data`` (see :func:`load_sweep`)."""
@@ -331,6 +370,7 @@ def sweep_from_dict(
         raise SweepError(f"{where}points must be an array of tables ([[points]])")
 
     runs_dir = Path(runs_dir)
+    results_dir = Path(results_dir)
     sweep_id = f"{name}_{preset}"
     common = {**base, **chosen}
     specs: list[tuple[str, dict[str, Any], str | None, int | None]] = []
@@ -404,8 +444,9 @@ def sweep_from_dict(
                 )
             config = build({**values, "conv": "factorized", "groups": None,
                             "depth_multiplier": factorize, "init_from": str(out / CONVERTED)})
-        points.append(Point(label, overrides, config, init_from, factorize))
-    return Sweep(name, preset, description, tuple(points), runs_dir, source)
+        points.append(Point(label, overrides, config, init_from, factorize,
+                            results_dir / sweep_id / label))
+    return Sweep(name, preset, description, tuple(points), runs_dir, source, results_dir)
 
 
 def _check_factorize_source(where: str, label: str, config: Any, source: Any) -> None:
@@ -474,15 +515,38 @@ def _epochs_done(out: Path) -> int:
         return 0
 
 
-def point_state(point: Point) -> str:
+def _differences(saved: Any, config: Any) -> dict[str, tuple[Any, Any]]:
+    """The fields in which a saved config differs from a point's, those that never change a
+    result (IGNORED_FIELDS) left out."""
+    return {k: v for k, v in saved.differences(config).items() if k not in IGNORED_FIELDS}
+
+
+def _complete(folder: Path, point: Point, differences: Mapping[str, Any]) -> bool:
+    """Whether ``folder`` holds the finished run of ``point``: the same configuration (no
+    ``differences``) and a ``summary.json`` of all of its epochs."""
+    summary = _read_json(folder / "summary.json")
+    return not differences and summary is not None and summary.get("epochs") == point.config.epochs
+
+
+def point_state(point: Point, *, records: bool = True) -> str:
     """``"new"`` (nothing in its run folder), ``"partial"`` (started: the harness resumes
-    it) or ``"finished"`` (``summary.json`` of every epoch of this configuration).
+    it), ``"finished"`` (``summary.json`` of every epoch of this configuration) or, with
+    ``records``, ``"recorded"``: not finished in its run folder, but its record folder holds
+    the finished run of this configuration (so it is not trained again; it has no checkpoint).
 
     Raises:
       SweepError: the run folder holds a run of another configuration (fields other than
         ``out``, ``quiet``, ``data_dir`` and ``init_from`` differ; a changed ``epochs`` is
         allowed: the harness extends the run).
     """
+    state = _run_state(point)
+    if state != "finished" and records and _recorded(point):
+        return "recorded"
+    return state
+
+
+def _run_state(point: Point) -> str:
+    """:func:`point_state` from the run folder alone."""
     from jaxsep.train import TrainConfig
     from jaxsep.train.config import RESUMABLE_FIELDS
 
@@ -500,9 +564,7 @@ def point_state(point: Point) -> str:
         saved = TrainConfig.load(config_file)
     except (TypeError, ValueError) as error:
         raise SweepError(f"point {point.label!r}: cannot read {config_file}: {error}") from error
-    differences = {
-        k: v for k, v in saved.differences(point.config).items() if k not in IGNORED_FIELDS
-    }
+    differences = _differences(saved, point.config)
     fixed = {k: v for k, v in differences.items() if k not in RESUMABLE_FIELDS}
     if fixed:
         listed = ", ".join(f"{k}: {a!r} (in the folder) vs {b!r} (in the sweep)"
@@ -512,10 +574,47 @@ def point_state(point: Point) -> str:
             f"({listed}); the sweep will not mix results. Restore the sweep file, or move the "
             "folder away (or use another --runs-dir) to start the point over"
         )
-    summary = _read_json(out / "summary.json")
-    if not differences and summary is not None and summary.get("epochs") == point.config.epochs:
-        return "finished"
-    return "partial"
+    return "finished" if _complete(out, point, differences) else "partial"
+
+
+def _recorded(point: Point) -> bool:
+    """Whether the point's record folder holds its finished run (the run folder's test). An
+    unreadable record counts as none: the point trains and its record is rewritten."""
+    from jaxsep.train import TrainConfig
+
+    if point.record is None or not (point.record / "summary.json").is_file():
+        return False
+    try:
+        saved = TrainConfig.load(point.record / "config.json")
+    except (OSError, TypeError, ValueError):
+        return False
+    return _complete(point.record, point, _differences(saved, point.config))
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_record(point: Point) -> bool:
+    """Makes the point's record folder a copy of its run folder's RECORD_FILES (each written
+    atomically; a file the run lacks is removed) when the run has finished and the two differ;
+    returns whether anything was written. ``summary.json`` goes first and comes back last, so
+    a record cut short is never taken for a finished one."""
+    if point.record is None or _run_state(point) != "finished":
+        return False
+    wanted = {name: _read_bytes(point.out / name) for name in RECORD_FILES}
+    if wanted == {name: _read_bytes(point.record / name) for name in RECORD_FILES}:
+        return False
+    (point.record / "summary.json").unlink(missing_ok=True)
+    for name, data in wanted.items():
+        if data is None:
+            (point.record / name).unlink(missing_ok=True)
+        else:
+            atomic_write(point.record / name, data)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,10 +647,30 @@ def select(sweep: Sweep, only: Sequence[str] | None) -> list[Point]:
     return [p for p in sweep.points if p.label in set(only)]
 
 
+def _check_retrain(sweep: Sweep, retrain: Sequence[str] | None) -> set[str]:
+    unknown = [label for label in retrain or () if label not in sweep.labels]
+    if unknown:
+        raise SweepError(
+            f"--retrain: sweep {sweep.name!r} has no point(s) {unknown}; its points are "
+            f"{sweep.labels}"
+        )
+    return set(retrain or ())
+
+
+def _no_checkpoint(point: Point, source: Point) -> str:
+    return (
+        f"point {point.label!r} starts from point {source.label!r}'s best checkpoint, but "
+        f"that point is finished only by its record ({source.record}): its run folder "
+        f"{str(source.out)!r}, and so its checkpoint, is gone. Train it again by rerunning with "
+        f"--retrain {source.label} (or restore {str(source.out)!r})"
+    )
+
+
 def run_sweep(
     sweep: Sweep,
     *,
     only: Sequence[str] | None = None,
+    retrain: Sequence[str] | None = None,
     keep_going: bool = False,
     quiet: bool | None = None,
     log: Callable[[str], None] = _stderr,
@@ -559,33 +678,56 @@ def run_sweep(
     """Trains every point (or those in ``only``) that has not finished, in order.
 
     Every point's run folder is checked first (:func:`point_state`), so a folder of another
-    configuration stops the sweep before anything is trained. Finished points are skipped;
-    started ones are resumed by :func:`jaxsep.train.train_and_evaluate`.
+    configuration, or a factorized point to train whose source has only its record (no
+    checkpoint), stops the sweep before anything is trained. Finished points are skipped,
+    those finished in their record too; started ones are resumed by
+    :func:`jaxsep.train.train_and_evaluate`. Each point that finishes (and each finished one
+    skipped) gets its record (see the module docstring).
 
     Args:
       sweep: from :func:`load_sweep`.
       only: labels of the points to run (default all).
+      retrain: labels of points whose record is ignored: they are trained again unless their
+        run folder has finished them (run even if ``only`` leaves them out).
       keep_going: after a point fails (an exception other than an interruption), go on with
         the next one and report the failure in the outcomes; by default the error propagates.
       quiet: overrides the points' ``quiet`` (no progress bars) when not None.
       log: receives one line per point.
 
     Raises:
-      SweepError: a bad selection or a run folder of another configuration.
+      SweepError: a bad selection, a run folder of another configuration, or a factorized
+        point whose source's checkpoint is gone.
       jaxsep.train.TrainingInterrupted: SIGINT/SIGTERM; the point saved a checkpoint and
         rerunning the sweep resumes it.
     """
     from jaxsep.train import TrainingInterrupted, train_and_evaluate
 
-    points = select(sweep, only)
-    states = {p.label: point_state(p) for p in points}
+    retrain = _check_retrain(sweep, retrain)
+    points = select(sweep, [*only, *retrain] if only else None)
+
+    def state_of(point: Point) -> str:
+        return point_state(point, records=point.label not in retrain)
+
+    states = {p.label: state_of(p) for p in points}
+    for point in points:
+        if (point.factorize is not None and states[point.label] in ("new", "partial")
+                and _read_json(point.out / CONVERSION_FILE) is None):
+            source = sweep.point(point.init_from)
+            source_state = states[source.label] if source.label in states else state_of(source)
+            if source_state == "recorded":  # convert_point would fail after hours of training
+                raise SweepError(_no_checkpoint(point, source))
     outcomes = []
     for number, point in enumerate(points, 1):
         config = point.config if quiet is None else point.config.replace(quiet=quiet)
         prefix = f"[{number}/{len(points)}] {sweep.id}/{point.label}"
         state = states[point.label]
         if state == "finished":
+            _write_record(point)  # a run finished before records were kept
             log(f"{prefix}: finished before, skipped")
+            outcomes.append(Outcome(point.label, "skipped"))
+            continue
+        if state == "recorded":
+            log(f"{prefix}: finished before (recorded in {point.record}), skipped")
             outcomes.append(Outcome(point.label, "skipped"))
             continue
         done = _epochs_done(point.out)
@@ -606,6 +748,7 @@ def run_sweep(
             log(f"{prefix}: failed: {type(error).__name__}: {error}")
             outcomes.append(Outcome(point.label, "failed", f"{type(error).__name__}: {error}"))
             continue
+        _write_record(point)
         outcomes.append(Outcome(point.label, "trained"))
     return outcomes
 
@@ -636,7 +779,10 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
     if record is not None:
         return record
     source = sweep.point(point.init_from)
-    if point_state(source) != "finished":
+    state = point_state(source)
+    if state == "recorded":
+        raise SweepError(_no_checkpoint(point, source))
+    if state != "finished":
         raise SweepError(
             f"point {point.label!r} starts from point {source.label!r}'s best checkpoint, but "
             f"that point has not finished; run it first (--only {source.label})"
@@ -710,12 +856,18 @@ def _save_best(run: Path, tree: Any, meta: dict) -> None:
 # Collection
 
 
-def _row(point: Point) -> dict[str, Any]:
-    config = point.config
+def _state_or_foreign(point: Point) -> str:
     try:
-        state = point_state(point)
+        return point_state(point)
     except SweepError:
-        state = "foreign"  # a folder of another configuration: reported, never read
+        return "foreign"  # a folder of another configuration: reported, never read
+
+
+def _row(point: Point, state: str) -> dict[str, Any]:
+    """The CSV row of a point in ``state`` (:func:`_state_or_foreign`), read from its run
+    folder, or from its record when only that has finished it."""
+    config = point.config
+    folder = point.record if state == "recorded" else point.out
     row: dict[str, Any] = dict.fromkeys(CSV_FIELDS)
     row.update(
         label=point.label,
@@ -730,7 +882,7 @@ def _row(point: Point) -> dict[str, Any]:
         seed=config.seed,
         run=str(point.out),
     )
-    summary = _read_json(point.out / "summary.json") if state == "finished" else None
+    summary = _read_json(folder / "summary.json") if state in ("finished", "recorded") else None
     if summary is not None:
         row.update(
             status="finished",
@@ -758,10 +910,10 @@ def _row(point: Point) -> dict[str, Any]:
     if row["params"] is None or row["macs"] is None:
         row["params"], row["macs"] = point_costs(config)
     if point.factorize is not None:
-        record = _read_json(point.out / CONVERSION_FILE)
-        if record is not None:
-            row["converted_test_accuracy"] = record.get("test_accuracy")
-            row["factorize_error"] = record.get("mean_relative_error")
+        conversion = _read_json(folder / CONVERSION_FILE)
+        if conversion is not None:
+            row["converted_test_accuracy"] = conversion.get("test_accuracy")
+            row["factorize_error"] = conversion.get("mean_relative_error")
     return row
 
 
@@ -828,7 +980,7 @@ def _markdown(
     source = f"`{sweep.source}`" if sweep.source is not None else "(a dict)"
     lines += [
         f"Sweep file {source}, preset `{sweep.preset}`; runs in `{sweep.runs_dir / sweep.id}/`; "
-        f"all columns in `{csv_name}`.",
+        f"all columns in `{csv_name}`; each finished point's result files in `{sweep.id}/`.",
         "",
         "Shared by every point: " + ", ".join(f"{k}={_format_value(v)}" for k, v in shared.items())
         + " (none: the model's or the harness's default; see jaxsep.train.TrainConfig).",
@@ -945,7 +1097,7 @@ class Collected:
 
 def collect(
     sweep: Sweep,
-    results_dir: str | os.PathLike = "experiments/results",
+    results_dir: str | os.PathLike | None = None,
     *,
     plot: bool = True,
     log: Callable[[str], None] = _stderr,
@@ -953,9 +1105,21 @@ def collect(
     """Writes ``<results_dir>/<sweep id>.csv`` and ``.md`` (one row per point, unfinished
     points included with their status) and, with matplotlib installed, ``.png``: best test
     accuracy against parameters and against multiply-adds, log x, one series per conv kind,
-    points labelled. Every file is written atomically."""
-    results_dir = Path(results_dir)
-    rows = [_row(point) for point in sweep.points]
+    points labelled. Every file is written atomically.
+
+    A row comes from the point's run folder, or from its record (``<results_dir>/<sweep
+    id>/<label>/``) when only that has finished it, so the records alone give the same files.
+    The record of each point finished in its run folder is written (back-filled) when it is
+    missing or out of date. ``results_dir`` defaults to the sweep's."""
+    if results_dir is not None:
+        sweep = sweep.with_results_dir(results_dir)
+    results_dir = sweep.results_dir
+    rows = []
+    for point in sweep.points:
+        state = _state_or_foreign(point)
+        if state == "finished":
+            _write_record(point)
+        rows.append(_row(point, state))
     csv_path = results_dir / f"{sweep.id}.csv"
     md_path = results_dir / f"{sweep.id}.md"
     png_path = results_dir / f"{sweep.id}.png"
@@ -980,16 +1144,20 @@ def collect(
 # Dry run
 
 
-def dry_run_table(sweep: Sweep, only: Sequence[str] | None = None) -> str:
+def dry_run_table(
+    sweep: Sweep, only: Sequence[str] | None = None, retrain: Sequence[str] | None = None
+) -> str:
     """The grid as text: each point's model options, parameters and multiply-adds per image
-    (the totals of ``jaxsep info``), state and run folder, then the shared settings."""
+    (the totals of ``jaxsep info``), state (as :func:`run_sweep` with ``only`` and
+    ``retrain`` would find it) and run folder, then the shared settings."""
     header = ["point", "model", "conv", "width", "res", "params", "multiply-adds", "state"]
     body = []
-    for point in select(sweep, only):
+    retrain = _check_retrain(sweep, retrain)
+    for point in select(sweep, [*only, *retrain] if only else None):
         config = point.config
         params, macs = point_costs(config)
         try:
-            state = point_state(point)
+            state = point_state(point, records=point.label not in retrain)
         except SweepError:
             state = "OTHER CONFIG"
         conv = config.conv or ("separable" if config.model == "mobilenet_v1" else "-")
@@ -997,7 +1165,7 @@ def dry_run_table(sweep: Sweep, only: Sequence[str] | None = None) -> str:
             conv += f" g={config.groups}"
         if getattr(config, "depth_multiplier", None) is not None:
             conv += f" M={config.depth_multiplier}"
-        if state != "finished" and point.init_from:
+        if state not in ("finished", "recorded") and point.init_from:
             state += f" (from {point.init_from})"
         resolution = str(config.resolution or STORED_RESOLUTION)
         body.append([point.label, config.model, conv, f"{config.width:g}", resolution,
@@ -1043,13 +1211,22 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", metavar="DIR",
                         help="where run folders go: DIR/<sweep>_<preset>/<point>/ (default runs)")
     parser.add_argument(
-        "--results-dir", default="experiments/results", metavar="DIR",
-        help="where <sweep>_<preset>.csv/.md/.png go (default experiments/results)",
+        "--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR",
+        help="where <sweep>_<preset>.csv/.md/.png go, and the records of finished points: "
+        f"DIR/<sweep>_<preset>/<point>/ (default {DEFAULT_RESULTS_DIR}); a point finished in "
+        "its record is skipped even without its run folder",
     )
     parser.add_argument("--only", nargs="+", metavar="LABEL",
                         help="run only these points (the results still list every point)")
+    parser.add_argument(
+        "--retrain", nargs="+", metavar="LABEL", default=[],
+        help="ignore these points' records: train them again unless their run folder has "
+        "finished them (e.g. a factorized point's source, whose checkpoint a record lacks); "
+        "they run even when --only leaves them out",
+    )
     parser.add_argument("--collect-only", action="store_true",
-                        help="train nothing; rewrite the results from the run folders")
+                        help="train nothing; rewrite the results from the run folders and "
+                        "records (back-filling the records of finished runs)")
     parser.add_argument("--keep-going", action="store_true",
                         help="after a point fails, go on with the next (exit status 1 at the end)")
     parser.add_argument("--quiet", action="store_true", default=None,
@@ -1065,14 +1242,15 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
     from jaxsep.train import NonFiniteLossError, TrainingInterrupted
 
     try:
-        sweep = load_sweep(args.file, preset=args.preset, runs_dir=args.runs_dir)
+        sweep = load_sweep(args.file, preset=args.preset, runs_dir=args.runs_dir,
+                           results_dir=args.results_dir)
         if args.dry_run:
-            print(dry_run_table(sweep, args.only))
+            print(dry_run_table(sweep, args.only, args.retrain))
             return 0
         outcomes: list[Outcome] = []
         if not args.collect_only:
-            outcomes = run_sweep(sweep, only=args.only, keep_going=args.keep_going,
-                                 quiet=args.quiet)
+            outcomes = run_sweep(sweep, only=args.only, retrain=args.retrain,
+                                 keep_going=args.keep_going, quiet=args.quiet)
     except SweepError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -1087,7 +1265,7 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
         raise
-    collected = collect(sweep, args.results_dir, plot=args.plot)
+    collected = collect(sweep, plot=args.plot)
     written = [collected.csv, collected.markdown] + ([collected.png] if collected.png else [])
     print(f"{prog}: wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     failed = [o for o in outcomes if o.action == "failed"]

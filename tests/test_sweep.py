@@ -1,6 +1,7 @@
 """Tests for jaxsep.sweep (``jaxsep sweep``): the sweep file, the dry run's counts against
 ``jaxsep info``, and a tiny sweep on synthetic data that is interrupted, resumed, skipped
-when finished, refused when its file changes, factorized and collected.
+when finished, refused when its file changes, factorized and collected; and the records of
+its finished points, which alone (no run folders) skip the points and give the same results.
 
 Every training run here is MobileNetV1 at width 0.125 on 64 synthetic 32x32 images (two
 steps of 32) for one epoch; the module fixture trains the sweep once and the tests read it.
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -215,6 +217,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "has no point(s) ['nope']" in capsys.readouterr().err
     assert cli.main(sweep_args(tmp_path / "missing.toml", tmp_path)) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main(sweep_args(path, tmp_path, "--retrain", "nope")) == 2
+    assert "--retrain: sweep 'tiny' has no point(s) ['nope']" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ def tiny(tmp_path_factory):
     first epoch; again (resumes it and trains the rest); and once more (skips everything)."""
     folder = tmp_path_factory.mktemp("sweep")
     path = write(folder, TINY.format(lr=0.05))
-    sweep = jsweep.load_sweep(path, runs_dir=folder / "runs")
+    sweep = jsweep.load_sweep(path, runs_dir=folder / "runs", results_dir=folder / "results")
     calls = []
     with pytest.MonkeyPatch.context() as patch:
         for hook in ("1", None, None):
@@ -330,5 +334,95 @@ def test_collect_only_without_matplotlib(tiny, tmp_path, monkeypatch, capsys):
     args[args.index("--results-dir") + 1] = str(tmp_path)
     assert cli.main(args) == 0
     assert "matplotlib is not installed" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_cpu.csv", "tiny_cpu.md"]
+    # tiny_cpu/: the records, back-filled into this results folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_cpu", "tiny_cpu.csv", "tiny_cpu.md"]
     assert "tiny_cpu.png" not in (tmp_path / "tiny_cpu.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# Records: the finished points' result files, in the results folder
+
+
+RECORDED = ["config.json", "metrics.jsonl", "summary.json"]
+
+
+def _records_only(tiny, folder: Path, labels: list[str]) -> None:
+    """Copies the tiny sweep's records of ``labels`` into ``folder/results`` (no run folders)."""
+    for label in labels:
+        shutil.copytree(tiny["sweep"].point(label).record, folder / "results" / "tiny_cpu" / label)
+
+
+def test_records_of_finished_points(tiny, capsys):
+    folder, sweep = tiny["folder"], tiny["sweep"]
+    for point in sweep.points:
+        assert point.record == folder / "results" / "tiny_cpu" / point.label
+        names = RECORDED + (["conversion.json"] if point.factorize else [])
+        assert sorted(p.name for p in point.record.iterdir()) == sorted(names)  # no checkpoints
+        for name in names:
+            assert (point.record / name).read_bytes() == (point.out / name).read_bytes()
+    # a point finished before records were kept gets its record when the results are collected
+    record = sweep.point("conv=separable").record
+    shutil.rmtree(record)
+    assert cli.main(sweep_args(tiny["path"], folder, "--collect-only")) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in record.iterdir()) == RECORDED
+
+
+def test_records_alone_skip_and_give_the_same_results(tiny):
+    folder, sweep = tiny["folder"], tiny["sweep"]
+    results = folder / "results"
+    before = {name: (results / name).read_text() for name in ("tiny_cpu.csv", "tiny_cpu.md")}
+    runs, moved = folder / "runs", folder / "runs.moved"
+    runs.rename(moved)  # a fresh checkout: the committed records, no run folders
+    try:
+        assert [jsweep.point_state(p) for p in sweep.points] == ["recorded"] * 3
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert cli.main(sweep_args(tiny["path"], folder)) == 0
+        log = err.getvalue()
+        assert log.count(f"finished before (recorded in {results / 'tiny_cpu'}") == 3
+        assert not runs.exists()  # nothing trained, nothing converted
+        assert {name: (results / name).read_text() for name in before} == before
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+        moved.rename(runs)
+
+
+def test_record_of_another_configuration_is_not_finished(tiny, tmp_path):
+    changed = write(tmp_path, TINY.format(lr=0.2))  # the factorized point sets its own lr
+    sweep = jsweep.load_sweep(changed, runs_dir=tmp_path / "runs",
+                              results_dir=tiny["folder"] / "results")
+    assert [jsweep.point_state(p) for p in sweep.points] == ["new", "new", "recorded"]
+    assert [jsweep.point_state(p, records=False) for p in sweep.points] == ["new"] * 3
+
+
+def test_factorized_point_needs_its_source_checkpoint(tiny, tmp_path, capsys):
+    path = write(tmp_path, TINY.format(lr=0.05))
+    _records_only(tiny, tmp_path, ["conv=standard"])
+    for more in ([], ["--only", "factorized-M2"]):
+        assert cli.main(sweep_args(path, tmp_path, *more)) == 2
+        err = capsys.readouterr().err
+        assert "point 'factorized-M2' starts from point 'conv=standard'" in err
+        assert "finished only by its record" in err and "--retrain conv=standard" in err
+        assert not (tmp_path / "runs").exists()  # stopped before anything was trained
+    assert cli.main(sweep_args(path, tmp_path, "--dry-run")) == 0
+    assert parse_dry_run(capsys.readouterr().out)["conv=standard"][2] == "recorded"
+    assert cli.main(sweep_args(path, tmp_path, "--dry-run", "--retrain", "conv=standard")) == 0
+    assert parse_dry_run(capsys.readouterr().out)["conv=standard"][2] == "new"
+
+
+def test_retrain_ignores_the_record(tiny, tmp_path, monkeypatch):
+    path = write(tmp_path, TINY.format(lr=0.05))
+    _records_only(tiny, tmp_path, LABELS)
+    sweep = jsweep.load_sweep(path, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    trained = []
+    monkeypatch.setattr("jaxsep.train.train_and_evaluate", lambda c: trained.append(c.out))
+    log = []
+    outcomes = jsweep.run_sweep(sweep, only=["conv=separable"], retrain=["conv=standard"],
+                                log=log.append)
+    assert [(o.label, o.action) for o in outcomes] == [
+        ("conv=standard", "trained"), ("conv=separable", "skipped")]  # --retrain joins --only
+    assert trained == [str(sweep.point("conv=standard").out)]
+    assert "conv=separable: finished before (recorded in " in log[-1]
+    record = sweep.point("conv=standard").record  # no finished run: the record stays as it was
+    assert (record / "summary.json").read_bytes() == (
+        tiny["sweep"].point("conv=standard").record / "summary.json").read_bytes()
