@@ -34,6 +34,9 @@ from jax.custom_derivatives import SymbolicZero
 
 # Batch chunk of the kernel-gradient scan: about this many bytes of x per step.
 _KERNEL_GRAD_CHUNK_BYTES = 1 << 20
+# Output rows summed elementwise per kernel tap before the kernel gradient's reduction (see
+# _kernel_rows_forward); 16 measured best among 8, 16, 32 (experiments/bench_ops.py shapes).
+_ROW_TERMS = 16
 
 
 class _Tap(NamedTuple):
@@ -161,12 +164,26 @@ def _forward(x, kernel, geometry: _Geometry):
     return _merge_channels(acc, channel_axis).astype(x.dtype)
 
 
-def _forward_from_padded(x, kernel, geometry: _Geometry):
-    """The forward as slices of a zero-padded ``x``, each over the full output range.
+def _largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
-    Slower than :func:`_forward` (the padded copy crosses memory once more) but its transpose
-    with respect to the kernel is one plain reduction of ``x`` slice times ``dy`` per tap,
-    with no padding of ``dy``.
+
+def _kernel_rows_forward(x, kernel, geometry: _Geometry):
+    """The forward as a function of the kernel, shaped so that its transpose is fast.
+
+    Mathematically ``_forward(x, kernel)``. The output is assembled from ``group * rows``
+    interleaved pieces: piece ``(g, r)`` holds the examples ``g, g + group, ...`` and the
+    outputs ``r, r + rows, ...`` of the first spatial axis, and equals
+    ``sum_t slice_t(g, r) * B_t``, where ``slice_t(g, r)`` is one strided slice of the padded
+    input and ``B_t`` is kernel tap ``t`` broadcast once to the piece's shape. Reverse mode
+    then turns the kernel gradient into, per tap, one fused elementwise sum over the pieces of
+    ``slice_t(g, r) * dy(g, r)`` followed by a reduction over an array ``group * rows`` times
+    smaller than ``x``. The transpose of the plain forward is one full-size reduction per tap,
+    which XLA:CPU runs at a fraction of the speed of its vectorised elementwise loops.
+
+    ``rows`` and ``group`` are divisors of the first spatial output size and of the batch,
+    with ``rows * group`` at most ``_ROW_TERMS``.
     """
     rank, channel_axis, spatial_axes = _layout(x.shape, geometry)
     window = kernel.shape[:rank]
@@ -178,26 +195,59 @@ def _forward_from_padded(x, kernel, geometry: _Geometry):
         config[axis] = (lo, hi, 0)
     padded = lax.pad(x, jnp.zeros((), x.dtype), config)
     out_spatial = _out_spatial(x.shape, window, geometry)
-    acc = None
-    for index in itertools.product(*(range(k) for k in window)):
-        start = [0] * x.ndim
-        limit = list(padded.shape)
-        step = [1] * x.ndim
-        for axis, t, o, s, d in zip(spatial_axes, index, out_spatial, geometry.strides, geometry.dilation):
-            start[axis] = t * d
-            limit[axis] = t * d + (o - 1) * s + 1
-            step[axis] = s
-        xs = lax.slice(padded, start, limit, step).astype(dtype)
-        if multiplier > 1:
-            xs = jnp.expand_dims(xs, channel_axis + 1)
-            w = _tap_weights(kernel[index].astype(dtype), channel_axis, x.ndim, channels, multiplier)
-        else:
-            w = kernel[index].astype(dtype).reshape([channels if a == channel_axis else 1 for a in range(x.ndim)])
-        term = xs * w
-        acc = term if acc is None else acc + term
+    batch, first = x.shape[0], spatial_axes[0]
+    rows = _largest_divisor(out_spatial[0], _ROW_TERMS)
+    group = _largest_divisor(batch, _ROW_TERMS // rows)
+    piece_shape = [batch // group] + list(x.shape[1:])
+    for axis, o in zip(spatial_axes, out_spatial):
+        piece_shape[axis] = o
+    piece_shape[first] = out_spatial[0] // rows
     if multiplier > 1:
-        acc = _merge_channels(acc, channel_axis)
-    return acc.astype(x.dtype)
+        piece_shape.insert(channel_axis + 1, multiplier)
+
+    # All taps broadcast at once, then split: reverse mode turns the split into a concatenate
+    # of the per-tap elementwise sums, which XLA writes out before the one reduction (the
+    # transpose of the broadcast). Per-tap broadcasts would instead let XLA:CPU hand each
+    # tap's whole multiply-add chain to a YNNPACK reduction that copies out every slice.
+    indices = list(itertools.product(*(range(k) for k in window)))
+    w_shape = [1] * len(piece_shape)
+    w_shape[channel_axis] = channels
+    if multiplier > 1:
+        w_shape[channel_axis + 1] = multiplier
+    flat = kernel.astype(dtype).reshape((len(indices), *w_shape))  # (taps, ...C[, M]...)
+    every = jnp.broadcast_to(flat, (len(indices), *piece_shape))
+    taps = [(index, part[0]) for index, part in zip(indices, lax.split(every, [1] * len(indices), axis=0))]
+
+    def piece(g, r):
+        acc = None
+        for index, b in taps:
+            start, limit, step = [g] + [0] * (x.ndim - 1), list(padded.shape), [group] + [1] * (x.ndim - 1)
+            for axis, t, o, s, d in zip(spatial_axes, index, out_spatial, geometry.strides, geometry.dilation):
+                start[axis], step[axis] = t * d, s
+            start[first] += r * geometry.strides[0]
+            step[first] *= rows
+            for axis in range(x.ndim):
+                size = piece_shape[axis] if axis <= channel_axis else piece_shape[axis + (multiplier > 1)]
+                limit[axis] = start[axis] + (size - 1) * step[axis] + 1
+            xs = lax.slice(padded, start, limit, step).astype(dtype)
+            if multiplier > 1:
+                xs = jnp.expand_dims(xs, channel_axis + 1)
+            acc = xs * b if acc is None else acc + xs * b
+        return acc
+
+    first_out = first + (multiplier > 1 and not geometry.channels_last)
+    out = jnp.stack(
+        [jnp.stack([piece(g, r) for r in range(rows)], axis=first_out + 1) for g in range(group)],
+        axis=1,
+    )
+    # (N / group, group, ..., O / rows, rows, ...) -> (N, ..., O, ...)
+    shape = list(out.shape)
+    shape[first_out + 1 : first_out + 3] = [out_spatial[0]]
+    shape[0:2] = [batch]
+    out = out.reshape(shape)
+    if multiplier > 1:
+        out = _merge_channels(out, channel_axis)
+    return out.astype(x.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -217,16 +267,16 @@ def _kernel_tangent(x, dkernel, geometry: _Geometry):
     chunk = max(1, min(batch, _KERNEL_GRAD_CHUNK_BYTES // example_bytes))
     steps, rest = divmod(batch, chunk)
     if steps <= 1:
-        return _forward_from_padded(x, dkernel, geometry)
+        return _kernel_rows_forward(x, dkernel, geometry)
     main = steps * chunk
     chunks = x[:main].reshape((steps, chunk) + x.shape[1:])
     # checkpoint: the transposed scan recomputes each chunk's padded slices instead of saving
     # them, stacked over the whole batch, as residuals of the forward scan.
-    body = jax.checkpoint(lambda x_chunk: _forward_from_padded(x_chunk, dkernel, geometry))
+    body = jax.checkpoint(lambda x_chunk: _kernel_rows_forward(x_chunk, dkernel, geometry))
     out = lax.map(body, chunks)
     out = out.reshape((main,) + out.shape[2:])
     if rest:
-        out = jnp.concatenate([out, _forward_from_padded(x[main:], dkernel, geometry)])
+        out = jnp.concatenate([out, _kernel_rows_forward(x[main:], dkernel, geometry)])
     return out
 
 

@@ -88,3 +88,24 @@ def test_auto_picks_taps_on_cpu():
         pytest.skip("auto's choice is only measured on the CPU")
     jaxpr = str(jax.make_jaxpr(lambda x, k: jaxsep.depthwise_conv(x, k))(x, kernel))
     assert "depthwise_taps" in jaxpr and "conv_general_dilated" not in jaxpr
+
+
+@pytest.mark.parametrize(
+    "batch, spatial, data_format, multiplier",
+    [
+        (6, (4, 5), "NHWC", 1),  # 4 output rows, examples summed in groups of 3
+        (2, (20, 3), "NCHW", 2),  # 20 output rows summed 10 at a time
+        (5, (17, 3), "NHWC", 2),  # a prime row count: one row per piece, all 5 examples
+    ],
+)
+def test_kernel_gradient_row_pieces_match_xla(batch, spatial, data_format, multiplier):
+    # _kernel_rows_forward interleaves examples and output rows into pieces whose sizes are
+    # divisors of the batch and of the first spatial output size; every split must add up.
+    channels = 3
+    x_shape = (batch, *spatial, channels) if data_format == "NHWC" else (batch, channels, *spatial)
+    x, kernel = _inputs(x_shape, (3, 2, 1, channels * multiplier))
+    kwargs = dict(strides=(1, 2), dilation=(1, 1), padding="SAME", data_format=data_format)
+    out_shape = jaxsep.depthwise_conv(x, kernel, impl="xla", **kwargs).shape
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+    for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
