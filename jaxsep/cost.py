@@ -337,7 +337,9 @@ def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MacCount:
       * ``dot_general``: batch x free x contracting sizes (the pointwise conv, ``@``, einsum).
       * the taps lowering of the depthwise conv (a ``jit`` eqn named ``"depthwise_taps"`` whose
         inputs are the padded ``x`` and the ``(*K, 1, C * M)`` kernel): output elements x
-        ``prod(K)``, without looking inside it.
+        ``prod(K)``, without looking inside it. ``grouped_conv``'s "taps" lowering is
+        ``C // G`` such calls (its "split" lowering is ``G`` dense convs or dot products), so a
+        grouped conv counts ``C // G`` inputs per output under every lowering.
 
     Control flow: ``scan`` bodies count ``length`` times; ``while`` bodies count once (the trip
     count is not known when tracing); ``cond``/``switch`` counts its most expensive branch.

@@ -140,9 +140,9 @@ def _check_padding(
     return padding
 
 
-def _check_impl(name: str, impl: str) -> str:
-    if impl not in ops.IMPLS:
-        raise ValueError(f"{name}: impl must be one of {ops.IMPLS}, but got {impl!r}")
+def _check_impl(name: str, impl: str, choices: tuple[str, ...] = ops.IMPLS) -> str:
+    if impl not in choices:
+        raise ValueError(f"{name}: impl must be one of {choices}, but got {impl!r}")
     return impl
 
 
@@ -303,7 +303,9 @@ class Conv(nnx.Module):
 class GroupedConv(Conv):
     """A grouped convolution over :func:`jaxsep.ops.grouped_conv`; ``groups`` is required.
 
-    Takes the arguments of :class:`Conv`. Kernel ``(*K, C // G, O)``; ``G = 1`` is the dense
+    Takes the arguments of :class:`Conv`, plus ``impl``: the lowering, "auto" (default),
+    "xla", "split" or "taps", as in :func:`jaxsep.ops.grouped_conv` (:class:`Conv` itself always
+    runs ``lax``'s grouped convolution). Kernel ``(*K, C // G, O)``; ``G = 1`` is the dense
     convolution, ``G = C = O`` the depthwise one.
 
     Example:
@@ -323,9 +325,11 @@ class GroupedConv(Conv):
         kernel_size: int | Sequence[int],
         *,
         groups: int,
+        impl: ops.GroupedImpl = "auto",
         **kwargs: Any,
     ):
         super().__init__(in_features, out_features, kernel_size, groups=groups, **kwargs)
+        self.impl = _check_impl(type(self).__name__, impl, ops.GROUPED_IMPLS)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         return ops.grouped_conv(
@@ -338,6 +342,7 @@ class GroupedConv(Conv):
             data_format=self.data_format,
             padding_mode=self.padding_mode,
             precision=self.precision,
+            impl=self.impl,
         )
 
 

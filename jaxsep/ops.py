@@ -52,7 +52,13 @@ __all__ = [
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 IntOrSeq = int | Sequence[int]
 Impl = Literal["auto", "xla", "taps"]
-IMPLS = ("auto", "xla", "taps")
+IMPLS = ("auto", "xla", "taps")  # lowerings of depthwise_conv and separable_conv
+GroupedImpl = Literal["auto", "xla", "split", "taps"]
+GROUPED_IMPLS = ("auto", "xla", "split", "taps")  # lowerings of grouped_conv; IMPLS plus "split"
+# Widest channel group (C // G) that grouped_conv's impl="auto" runs as "taps" on the CPU; wider
+# groups run as "split". A first-principles guess, to be confirmed by a benchmark (see
+# choose_grouped_impl).
+_TAPS_MAX_GROUP_WIDTH = 4
 
 # Spatial rank -> lax dimension numbers for (x, kernel, out), channels-last and -first.
 DIMENSION_NUMBERS: dict[tuple[int, bool], tuple[str, str, str]] = {
@@ -137,6 +143,19 @@ def _lax_conv(
     precision: Any,
 ) -> jax.Array:
     x, pads = _pad_input(x, p, padding_mode)
+    return _conv_padded(x, kernel, p, pads, groups, precision)
+
+
+def _conv_padded(
+    x: jax.Array,
+    kernel: jax.Array,
+    p: _Prepared,
+    pads: tuple,
+    groups: int,
+    precision: Any,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` on an ``x`` already padded per ``padding_mode``; ``pads`` is
+    the zero padding left (from :func:`_pad_input`)."""
     out = lax.conv_general_dilated(
         x,
         kernel.astype(x.dtype),
@@ -151,37 +170,8 @@ def _lax_conv(
     return out.astype(x.dtype)
 
 
-def conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    *,
-    strides: IntOrSeq = 1,
-    padding: Padding = "SAME",
-    dilation: IntOrSeq = 1,
-    groups: int = 1,
-    data_format: str | None = None,
-    padding_mode: str = "zeros",
-    precision: Any = None,
-) -> jax.Array:
-    """The standard (dense, or grouped when ``groups > 1``) N-D convolution.
-
-    Args:
-      x: ``(N, *S, C)`` channels-last or ``(N, C, *S)`` channels-first, per ``data_format``.
-      kernel: ``(*K, C // G, O)``; ``O`` must be divisible by ``G``.
-      strides: an int or one int per spatial dim.
-      padding: "SAME", "SAME_LOWER", "VALID", "CAUSAL" (1-D only), an int, one int per spatial
-        dim, or one ``(low, high)`` pair per spatial dim.
-      dilation: the kernel (atrous) dilation, an int or one int per spatial dim.
-      groups: ``G``; input channel group ``g`` feeds output channels ``g * O/G ... (g+1) * O/G - 1``.
-      data_format: layout of ``x`` and the result (see the module docstring).
-      padding_mode: "zeros", "reflect", "replicate" or "circular" (as in PyTorch).
-      precision: passed to ``lax.conv_general_dilated``.
-
-    Returns:
-      ``(N, *S', O)`` (or ``(N, O, *S')``) in ``x.dtype``.
-    """
-    op = "conv"
-    p = _prepare(op, x, kernel, "kernel", strides, padding, dilation, data_format, padding_mode)
+def _check_groups(op: str, x: Any, kernel: Any, p: _Prepared, groups: Any) -> int:
+    """Validates ``groups`` against ``x``'s channels and the ``(*K, C // G, O)`` kernel."""
     groups = v.check_int(op, "groups", groups)
     channels = v.channels_of(x, p.channels_last)
     k_in, k_out = np.shape(kernel)[-2:]
@@ -200,6 +190,44 @@ def conv(
             f"{op}: groups must divide the kernel's out_channels (dim -1), but {groups} "
             f"does not divide {k_out}"
         )
+    return groups
+
+
+def conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: IntOrSeq = 1,
+    padding: Padding = "SAME",
+    dilation: IntOrSeq = 1,
+    groups: int = 1,
+    data_format: str | None = None,
+    padding_mode: str = "zeros",
+    precision: Any = None,
+) -> jax.Array:
+    """The standard (dense, or grouped when ``groups > 1``) N-D convolution.
+
+    Always ``lax.conv_general_dilated`` (with ``feature_group_count=groups``); for grouped
+    convolutions on the CPU, :func:`grouped_conv` has faster lowerings.
+
+    Args:
+      x: ``(N, *S, C)`` channels-last or ``(N, C, *S)`` channels-first, per ``data_format``.
+      kernel: ``(*K, C // G, O)``; ``O`` must be divisible by ``G``.
+      strides: an int or one int per spatial dim.
+      padding: "SAME", "SAME_LOWER", "VALID", "CAUSAL" (1-D only), an int, one int per spatial
+        dim, or one ``(low, high)`` pair per spatial dim.
+      dilation: the kernel (atrous) dilation, an int or one int per spatial dim.
+      groups: ``G``; input channel group ``g`` feeds output channels ``g * O/G ... (g+1) * O/G - 1``.
+      data_format: layout of ``x`` and the result (see the module docstring).
+      padding_mode: "zeros", "reflect", "replicate" or "circular" (as in PyTorch).
+      precision: passed to ``lax.conv_general_dilated``.
+
+    Returns:
+      ``(N, *S', O)`` (or ``(N, O, *S')``) in ``x.dtype``.
+    """
+    op = "conv"
+    p = _prepare(op, x, kernel, "kernel", strides, padding, dilation, data_format, padding_mode)
+    groups = _check_groups(op, x, kernel, p, groups)
     return _lax_conv(jnp.asarray(x), jnp.asarray(kernel), p, groups, padding_mode, precision)
 
 
@@ -214,23 +242,142 @@ def grouped_conv(
     data_format: str | None = None,
     padding_mode: str = "zeros",
     precision: Any = None,
+    impl: GroupedImpl = "auto",
 ) -> jax.Array:
-    """A grouped convolution: :func:`conv` with ``groups`` given positionally.
+    """A grouped convolution: :func:`conv` with ``groups`` given positionally, and a choice of
+    lowering.
 
-    ``x``: ``(N, *S, C)``; ``kernel``: ``(*K, C // G, O)``; result ``(N, *S', O)``. ``G = 1`` is
-    the dense convolution and ``G = C`` with ``O = C * M`` is the depthwise one.
+    ``G = 1`` is the dense convolution and ``G = C`` with ``O = C * M`` is the depthwise one.
+    XLA:CPU runs ``conv_general_dilated(feature_group_count=G)`` far slower than its dense
+    convolutions and matrix products (about 40x in the depthwise case; see
+    ``../shared/PERF-NOTES.md``), hence two lowerings that avoid it. Both are built from jax
+    ops, so ``jit``, ``vmap`` and derivatives of any order work; "split"'s backward is plain
+    autodiff (dense convolutions again), "taps" has the depthwise taps lowering's own fast
+    backward.
+
+    * "split": ``G`` dense convolutions (``C // G -> O // G``), one per channel slice of ``x``
+      and of the kernel's last dim, concatenated on the channel axis. A 1x1 window with no
+      padding left runs as a (strided) slice and one matrix product per group, like
+      :func:`pointwise_conv`. ``G`` library calls, each with the grouped convolution's own
+      multiply-adds: fast when every group has many channels; its program grows with ``G``.
+    * "taps": the sum over the ``C // G`` input channels of a group of depthwise taps
+      convolutions (:func:`depthwise_conv`'s "taps"): input channel ``j`` of every group,
+      ``x[..., j::C // G]``, convolved with ``kernel[..., j : j + 1, :]`` as a depthwise kernel
+      ``(*K, 1, O)`` of multiplier ``O // G`` (output ``g * O // G + o`` reads group ``g``).
+      Elementwise fused loops near memory speed, with the taps kernel gradient; work and
+      program grow with ``C // G``, so it suits narrow groups (``G = C`` is one depthwise
+      call). float16/bfloat16 terms are summed in float32.
+
+    Args:
+      x: ``(N, *S, C)`` (or ``(N, C, *S)``).
+      kernel: ``(*K, C // G, O)``; ``O`` must be divisible by ``G``.
+      groups: ``G``, which must divide ``C``.
+      strides, padding, dilation, data_format, padding_mode, precision: as in :func:`conv`
+        ("taps" ignores ``precision``: its products are exact elementwise multiplies).
+      impl: "xla" (``lax.conv_general_dilated`` with ``feature_group_count=G``, as
+        :func:`conv`), "split", "taps", or "auto", which picks per backend and group width
+        (:func:`choose_grouped_impl`).
+
+    Returns:
+      ``(N, *S', O)`` (or ``(N, O, *S')``) in ``x.dtype``; equals
+      ``conv(x, kernel, groups=groups)`` up to float rounding.
     """
-    return conv(
-        x,
-        kernel,
-        strides=strides,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        data_format=data_format,
-        padding_mode=padding_mode,
-        precision=precision,
-    )
+    op = "grouped_conv"
+    p = _prepare(op, x, kernel, "kernel", strides, padding, dilation, data_format, padding_mode)
+    groups = _check_groups(op, x, kernel, p, groups)
+    _check_impl(op, impl, GROUPED_IMPLS)
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    if impl == "auto":
+        impl = choose_grouped_impl(v.channels_of(x, p.channels_last), groups)
+    if impl == "xla":
+        return _lax_conv(x, kernel, p, groups, padding_mode, precision)
+    x, pads = _pad_input(x, p, padding_mode)
+    if impl == "split":
+        return _grouped_split(x, kernel, p, pads, groups, precision)
+    return _grouped_taps(x, kernel, p, pads, groups, precision)
+
+
+def choose_grouped_impl(channels: int, groups: int) -> str:
+    """The grouped lowering that ``impl="auto"`` runs on the current default backend.
+
+    Off the CPU, "xla": GPU and TPU libraries have real grouped kernels. On the CPU, "taps"
+    for narrow groups (``1 < G`` and ``C // G <= _TAPS_MAX_GROUP_WIDTH``), else "split". The
+    reasoning, from XLA:CPU's costs: "taps" costs about ``C // G`` fused elementwise passes
+    over the output, while "split"'s ``G`` dense convolutions run near library speed once a
+    group has a few channels but are dominated by per-call and packing overhead when each has
+    only 1-4; ``G = 1`` is a single dense convolution, which "split" calls directly.
+
+    Not measured yet: the threshold and the choice must be confirmed by a benchmark of the
+    three lowerings (forward and forward+backward, the MobileNetV1 ``conv="grouped"`` and
+    ShuffleNet layer shapes) before they are relied on.
+    """
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "taps" if groups > 1 and channels // groups <= _TAPS_MAX_GROUP_WIDTH else "split"
+
+
+def _channel_axis(x: jax.Array, p: _Prepared) -> int:
+    return x.ndim - 1 if p.channels_last else 1
+
+
+def _dense_padded(
+    x: jax.Array, kernel: jax.Array, p: _Prepared, pads: tuple, precision: Any
+) -> jax.Array:
+    """One dense convolution of an already padded ``x``: a matrix product for a 1x1 window
+    with no padding left (a 1x1 ``conv_general_dilated`` is 1.2-6x slower on XLA:CPU)."""
+    if all(k == 1 for k in kernel.shape[:-2]) and not any(lo or hi for lo, hi in pads):
+        if any(s > 1 for s in p.strides):  # a 1x1 window reads every s-th pixel
+            step = [1] * x.ndim
+            for axis, s in zip(_spatial_axes(p.rank, p.channels_last), p.strides):
+                step[axis] = s
+            x = lax.slice(x, (0,) * x.ndim, x.shape, step)
+        return _pointwise(x, kernel, p.channels_last, precision)
+    return _conv_padded(x, kernel, p, pads, 1, precision)
+
+
+def _grouped_split(
+    x: jax.Array, kernel: jax.Array, p: _Prepared, pads: tuple, groups: int, precision: Any
+) -> jax.Array:
+    """``impl="split"`` of :func:`grouped_conv` (``x`` padded per ``padding_mode``).
+
+    ``jnp.split`` (not ``G`` slices): its transpose is one concatenate, so the input and
+    kernel gradients are assembled in one pass instead of a sum of ``G`` zero-padded copies.
+    """
+    if groups == 1:
+        return _dense_padded(x, kernel, p, pads, precision)
+    axis = _channel_axis(x, p)
+    outs = [
+        _dense_padded(x_g, k_g, p, pads, precision)
+        for x_g, k_g in zip(jnp.split(x, groups, axis=axis), jnp.split(kernel, groups, axis=-1))
+    ]
+    return jnp.concatenate(outs, axis=axis)
+
+
+def _grouped_taps(
+    x: jax.Array, kernel: jax.Array, p: _Prepared, pads: tuple, groups: int, precision: Any
+) -> jax.Array:
+    """``impl="taps"`` of :func:`grouped_conv` (``x`` padded per ``padding_mode``).
+
+    Channel axis ``C`` viewed as ``(G, C // G)`` and split on the ``C // G`` axis; each piece
+    ``(..., G, ...)`` meets one input row of the kernel, ``(*K, 1, O)``, in one depthwise taps
+    call (a named jit, so :func:`jaxsep.cost.count_macs` counts ``prod(K)`` multiply-adds per
+    output element of each: the grouped convolution's own total).
+    """
+    from jaxsep import _taps  # the taps lowering imports this module's helpers
+
+    axis = _channel_axis(x, p)
+    width = x.shape[axis] // groups
+    if width == 1:  # G = C: the depthwise convolution itself
+        return _taps.apply(x, kernel, p, pads, precision)
+    # Low-precision terms are summed in float32 and rounded once, as a conv accumulates.
+    dtype = _accumulation_dtype(x.dtype) or x.dtype
+    split = x.reshape(x.shape[:axis] + (groups, width) + x.shape[axis + 1 :])
+    piece_shape = x.shape[:axis] + (groups,) + x.shape[axis + 1 :]
+    out = None
+    for x_j, k_j in zip(jnp.split(split, width, axis=axis + 1), jnp.split(kernel, width, axis=-2)):
+        term = _taps.apply(x_j.reshape(piece_shape).astype(dtype), k_j, p, pads, precision)
+        out = term if out is None else out + term
+    return out.astype(x.dtype)
 
 
 def _check_depthwise_kernel(op: str, name: str, kernel: Any, channels: int) -> int:
@@ -249,9 +396,9 @@ def _check_depthwise_kernel(op: str, name: str, kernel: Any, channels: int) -> i
     return shape[-1] // channels
 
 
-def _check_impl(op: str, impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"{op}: impl must be one of {IMPLS}, but got {impl!r}")
+def _check_impl(op: str, impl: str, choices: tuple[str, ...] = IMPLS) -> str:
+    if impl not in choices:
+        raise ValueError(f"{op}: impl must be one of {choices}, but got {impl!r}")
     return impl
 
 

@@ -122,7 +122,7 @@ def conv(x, kernel, *, strides=1, padding="SAME", dilation=1, groups=1, data_for
 
 
 def grouped_conv(x, kernel, groups, *, strides=1, padding="SAME", dilation=1, data_format=None,
-                 padding_mode="zeros", precision=None):
+                 padding_mode="zeros", precision=None, impl="auto"):
     """:func:`conv` with ``groups`` given positionally."""
     return conv(x, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups,
                 data_format=data_format, padding_mode=padding_mode)

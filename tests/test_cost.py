@@ -259,6 +259,24 @@ def test_count_macs_matches_conv_cost(case):
         assert counted.by_primitive == {"dot_general": counted.total}
 
 
+@pytest.mark.parametrize(
+    "impl, window, primitive",
+    [
+        ("xla", 3, "conv_general_dilated"),
+        ("split", 3, "conv_general_dilated"),  # G dense convs
+        ("split", 1, "dot_general"),  # G matrix products
+        ("taps", 3, TAPS_NAME),  # C / G depthwise taps calls
+        ("taps", 1, TAPS_NAME),
+    ],
+)
+def test_count_macs_grouped_conv_every_impl(impl, window, primitive):
+    # C = 6, G = 3: every output reads C / G = 2 inputs per tap, whatever the lowering.
+    x, k = sds(2, 8, 7, 6), sds(window, window, 2, 9)
+    counted = count_macs(lambda a, b: jaxsep.grouped_conv(a, b, 3, strides=2, impl=impl), x, k)
+    macs = 2 * conv_cost(6, 9, window, (4, 4), groups=3).macs
+    assert counted == MacCount(macs, {primitive: macs})
+
+
 def test_count_macs_concrete_arrays_and_static_kwargs():
     x, k = jnp.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 4), np.float32)
     counted = count_macs(jaxsep.conv, x, k, strides=2, padding="VALID")

@@ -388,6 +388,16 @@ def test_blocks():
     assert block.spatial.conv.kernel.shape == (3, 3, 1, 32)
     assert block.pointwise.conv.kernel.shape == (32, 64)
     assert out_struct(block, (1, 8, 8, 32)).shape == (1, 4, 4, 64)
+    # The grouped convolutions get blocks.grouped_impl of the model's impl: "xla" stays, the
+    # fast ones become "auto" (grouped "taps" forced on wide groups would unroll per channel).
+    unit = build(models.ShuffleUnit, 24, 24, groups=3, impl="taps")
+    assert (unit.gconv1.conv.impl, unit.gconv2.conv.impl, unit.depthwise.conv.impl) == (
+        "auto", "auto", "taps"
+    )
+    unit = build(models.ShuffleUnit, 24, 24, groups=3, impl="xla")
+    assert (unit.gconv1.conv.impl, unit.gconv2.conv.impl) == ("xla", "xla")
+    block = build(models.DepthwiseSeparableBlock, 32, 64, groups=4, impl="taps")
+    assert block.spatial.conv.groups == 4 and block.spatial.conv.impl == "auto"
 
 
 # --------------------------------------------------------------------------- factorization

@@ -90,7 +90,7 @@ def test_modules_equal_the_pure_ops_on_their_own_parameters():
     """Each module's output is the op of the same name on module.kernel, plus the bias."""
     r = rngs(1)
     kw = dict(strides=2, padding="SAME", bias_init=ones_bias)
-    conv = nn.GroupedConv(6, 9, (3, 3), groups=3, rngs=r, **kw)
+    conv = nn.GroupedConv(6, 9, (3, 3), groups=3, impl="split", rngs=r, **kw)
     dense = nn.Conv(6, 4, (3, 3), dilation=2, padding="VALID", rngs=r)
     dw = nn.DepthwiseConv(6, (3, 3), depth_multiplier=2, impl="xla", rngs=r, **kw)
     pw = nn.PointwiseConv(6, 5, bias_init=ones_bias, rngs=r)
@@ -100,7 +100,10 @@ def test_modules_equal_the_pure_ops_on_their_own_parameters():
     @jax.jit
     def pairs(x):  # one compile for all of them
         return [
-            (conv(x), ops.grouped_conv(x, conv.kernel[...], 3, strides=2) + conv.bias[...]),
+            (
+                conv(x),
+                ops.grouped_conv(x, conv.kernel[...], 3, strides=2, impl="split") + conv.bias[...],
+            ),
             (dense(x), ops.conv(x, dense.kernel[...], dilation=2, padding="VALID")),
             (dw(x), ops.depthwise_conv(x, dw.kernel[...], strides=2, impl="xla") + dw.bias[...]),
             (pw(x), ops.pointwise_conv(x, pw.kernel[...]) + pw.bias[...]),
@@ -116,6 +119,18 @@ def test_modules_equal_the_pure_ops_on_their_own_parameters():
 
     for got, want in pairs(rand((2, 9, 7, 6))):
         np.testing.assert_allclose(got, want, **TOL)
+
+
+@pytest.mark.parametrize(
+    "impl, marker",
+    [("xla", "feature_group_count=3"), ("split", "split["), ("taps", "name=depthwise_taps")],
+)
+def test_grouped_conv_module_runs_its_impl(impl, marker):
+    """GroupedConv hands ``impl`` to ops.grouped_conv: each lowering leaves its mark in the
+    jaxpr (traced only, nothing compiled)."""
+    layer = nn.GroupedConv(6, 9, (3, 3), groups=3, impl=impl, rngs=rngs())
+    assert layer.impl == impl
+    assert marker in str(jax.make_jaxpr(lambda x: layer(x))(jnp.ones((1, 5, 5, 6))))
 
 
 def test_separable_norm_and_activation_between_the_steps():
@@ -254,6 +269,10 @@ def test_input_rank_mismatch_names_module_and_shapes():
         (lambda r: nn.Conv(4, 8, (3, 3), groups=1.5, rngs=r), TypeError, "groups must be an int"),
         (lambda r: nn.DepthwiseConv(4, (3, 3), impl="fast", rngs=r), ValueError,
          "impl must be one of"),
+        (lambda r: nn.DepthwiseConv(4, (3, 3), impl="split", rngs=r), ValueError,
+         r"DepthwiseConv: impl must be one of \('auto', 'xla', 'taps'\), but got 'split'"),
+        (lambda r: nn.GroupedConv(4, 8, (3, 3), groups=2, impl="fast", rngs=r), ValueError,
+         r"GroupedConv: impl must be one of \('auto', 'xla', 'split', 'taps'\), but got 'fast'"),
         (lambda r: nn.Conv(4, 8, (3, 3), padding="FULL", rngs=r), ValueError,
          "padding must be one of"),
         (lambda r: nn.Conv(4, 8, (3, 3), padding="CAUSAL", rngs=r), ValueError,

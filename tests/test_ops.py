@@ -148,6 +148,86 @@ def test_grouped_conv_matches_reference(case):
     assert_matches(got, want, case.dtype, math.prod(case.window) * c_in // groups)
 
 
+# grouped_conv's lowerings on grid points with 1 < G < C (the interesting ones for "split" and
+# "taps"), G = C and G = 1, and 1x1 windows (the matrix-product path of "split"): strided,
+# on a reflect-padded input, channels-first. "auto" only dispatches to one of them
+# (test_grouped_conv_auto_is_its_choice).
+GROUPED_IMPLS = ("xla", "split", "taps")
+_BY_NAME = {c.name: c for c in CASES}
+GROUPED_CASES = [_BY_NAME[name] for name in (
+    "1d-causal-s2d2", "1d-pair-circular", "2d-samelow-mixed", "2d-pairs-circular",
+    "2d-perdim-s2d2", "3d-samelow-circ", "3d-valid-d2",
+)] + [
+    dataclasses.replace(_BY_NAME["2d-perdim-s2d2"], name="2d-1x1-s2", window=(1, 1),
+                        padding="SAME"),
+    dataclasses.replace(_BY_NAME["2d-pairs-circular"], name="2d-1x1-s32-nchw", window=(1, 1),
+                        padding="SAME"),
+    dataclasses.replace(_BY_NAME["1d-int-reflect"], name="1d-1x1-reflect", window=(1,),
+                        groups=2),
+]
+
+
+def _grouped_inputs(case, seed=0):
+    c_in, groups = case.channels, case.groups
+    x = rand(case.x_shape, case.dtype, seed=seed)
+    kernel = rand((*case.window, c_in // groups, c_in * case.multiplier), case.dtype, seed=seed + 1)
+    return x, kernel
+
+
+@pytest.mark.parametrize("impl", GROUPED_IMPLS)
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=[c.name for c in GROUPED_CASES])
+def test_grouped_conv_impls_match_reference(case, impl):
+    x, kernel = _grouped_inputs(case)
+    got = ops.grouped_conv(x, kernel, case.groups, impl=impl, **case.kwargs())
+    want = ref.grouped_conv(f64(x), f64(kernel), case.groups, **case.kwargs())
+    assert_matches(got, want, case.dtype, math.prod(case.window) * case.channels // case.groups)
+
+
+def test_grouped_conv_auto_is_its_choice():
+    """impl="auto" runs exactly the lowering choose_grouped_impl names: "xla" off the CPU;
+    on the CPU "taps" for narrow groups and "split" for wide ones or G = 1."""
+    on_cpu = jax.default_backend() == "cpu"
+    choices = [(8, 2, "taps"), (8, 8, "taps"), (20, 2, "split"), (4, 1, "split")]
+    for channels, groups, want in choices:
+        assert ops.choose_grouped_impl(channels, groups) == (want if on_cpu else "xla")
+    for case in (_BY_NAME["1d-causal-s2d2"], _BY_NAME["2d-samelow-mixed"]):  # taps, split
+        x, kernel = _grouped_inputs(case)
+        chosen = ops.choose_grouped_impl(case.channels, case.groups)
+        np.testing.assert_array_equal(
+            ops.grouped_conv(x, kernel, case.groups, impl="auto", **case.kwargs()),
+            ops.grouped_conv(x, kernel, case.groups, impl=chosen, **case.kwargs()),
+        )
+
+
+# float32 geometries with 1 < G < C, 1x1 included, and one 3-D.
+GROUPED_F32 = [
+    c for c in GROUPED_CASES + [_BY_NAME["3d-same"]]
+    if c.dtype == F32 and c.groups not in (1, c.channels)
+]
+
+
+@pytest.mark.parametrize("impl", ["split", "taps"])
+@pytest.mark.parametrize("case", GROUPED_F32, ids=[c.name for c in GROUPED_F32])
+def test_grouped_conv_gradients_equal_xla(case, impl):
+    """Autodiff of "split" and "taps" (x and kernel gradients) against autodiff of lax's
+    grouped conv, float32."""
+    x, kernel = _grouped_inputs(case)
+    f = lambda impl: lambda x, k: ops.grouped_conv(  # noqa: E731
+        x, k, case.groups, impl=impl, **case.kwargs()
+    )
+    out, vjp_xla = jax.vjp(f("xla"), x, kernel)
+    cotangent = rand(out.shape, seed=3)
+    got = jax.vjp(f(impl), x, kernel)[1](cotangent)
+    want = vjp_xla(cotangent)
+    positions = math.prod(out.shape) // out.shape[1 if case.channels_first else -1]
+    # an input pixel feeds prod(K) taps of its group's O / G = C * M / G outputs
+    per_input = math.prod(case.window) * case.multiplier * case.channels // case.groups
+    reductions = (per_input, positions)
+    for g, w, reduction in zip(got, want, reductions):
+        assert g.dtype == w.dtype == F32 and g.shape == w.shape
+        np.testing.assert_allclose(g, w, **tolerance(F32, reduction))
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_depthwise_conv_matches_reference(case, impl):
@@ -286,7 +366,7 @@ def test_grouped_conv_is_conv(case):
     x = rand(case.x_shape, seed=0)
     for groups in (1, case.groups):
         kernel = rand((*case.window, case.channels // groups, case.channels), seed=1)
-        got = ops.grouped_conv(x, kernel, groups, **case.kwargs())
+        got = ops.grouped_conv(x, kernel, groups, impl="xla", **case.kwargs())
         np.testing.assert_array_equal(got, ops.conv(x, kernel, groups=groups, **case.kwargs()))
 
 
@@ -391,8 +471,13 @@ X1, X2 = (2, 7, 4), (2, 5, 6, 4)
 SPECS = {
     "conv": Spec(functools.partial(ops.conv, strides=(2, 1), dilation=(1, 2), groups=2),
                  (X2, (3, 3, 2, 6))),
-    "grouped_conv": Spec(lambda x, k, **kw: ops.grouped_conv(x, k, 4, padding="CAUSAL", **kw),
-                         (X1, (3, 1, 8))),
+    **{
+        f"grouped_conv-{impl}": Spec(
+            functools.partial(ops.grouped_conv, groups=2, padding="CAUSAL", dilation=2, impl=impl),
+            (X1, (3, 2, 6)),
+        )
+        for impl in ("xla", "split", "taps")
+    },
     "pointwise_conv": Spec(ops.pointwise_conv, (X2, (4, 3))),
     "channel_shuffle": Spec(functools.partial(ops.channel_shuffle, groups=2), (X2,)),
     **{
@@ -615,6 +700,13 @@ def test_error_padding_mode(call):
 def test_error_impl():
     with pytest.raises(ValueError, match="depthwise_conv: impl must be one of .* but got 'cuda'"):
         ops.depthwise_conv(X, DK, impl="cuda")
+    with pytest.raises(ValueError, match="depthwise_conv: impl must be one of .* but got 'split'"):
+        ops.depthwise_conv(X, DK, impl="split")  # a grouped_conv lowering only
+    with pytest.raises(
+        ValueError, match=r"grouped_conv: impl must be one of \('auto', 'xla', 'split', 'taps'\), "
+        "but got 'cuda'"
+    ):
+        ops.grouped_conv(X, jnp.ones((3, 3, 2, 6)), 2, impl="cuda")
     with pytest.raises(ValueError, match="separable_conv: impl must be one of .* but got 'cuda'"):
         ops.separable_conv(X, DK, PK, impl="cuda")
 

@@ -16,6 +16,7 @@ Conventions shared by every model here (those of torchvision's MobileNets):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -104,13 +105,26 @@ def _pointwise(
     *,
     dtype: Dtype | None,
     param_dtype: Dtype,
+    impl: ops.GroupedImpl,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """A 1x1 convolution: the matrix-product ``PointwiseConv`` unless it is grouped."""
     common = dict(use_bias=False, kernel_init=CONV_INIT, dtype=dtype, param_dtype=param_dtype)
     if groups == 1:
         return nn.PointwiseConv(in_features, out_features, spatial_dims=2, rngs=rngs, **common)
-    return nn.GroupedConv(in_features, out_features, (1, 1), groups=groups, rngs=rngs, **common)
+    return nn.GroupedConv(
+        in_features, out_features, (1, 1), groups=groups, impl=impl, rngs=rngs, **common
+    )
+
+
+def grouped_impl(impl: ops.Impl) -> ops.GroupedImpl:
+    """The grouped convolutions' lowering for a model's depthwise ``impl``.
+
+    "xla" stays "xla" (everything through ``conv_general_dilated``, e.g. to compare against
+    it); "taps" and "auto" give "auto", which picks between "split" and "taps" per group
+    width: forcing grouped "taps" on wide groups would unroll one call per channel of a group.
+    """
+    return "xla" if impl == "xla" else "auto"
 
 
 class ConvNormAct(nnx.Module):
@@ -153,18 +167,22 @@ def conv_norm_act(
     activation: Activation | None = jax.nn.relu,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
+    impl: ops.GroupedImpl = "auto",
     rngs: nnx.Rngs,
 ) -> ConvNormAct:
     """A square ``kernel_size`` convolution (dense or grouped) + BatchNorm + activation.
 
-    A 1x1 convolution is a :class:`jaxsep.nn.PointwiseConv` when ``groups == 1``.
+    A 1x1 convolution is a :class:`jaxsep.nn.PointwiseConv` when ``groups == 1``; with
+    ``groups > 1`` the convolution is a :class:`jaxsep.nn.GroupedConv` lowered per ``impl``
+    (see :func:`jaxsep.ops.grouped_conv`; unused when ``groups == 1``).
     """
     if kernel_size == 1 and strides == 1:
         conv = _pointwise(
-            in_features, out_features, groups, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            in_features, out_features, groups, dtype=dtype, param_dtype=param_dtype, impl=impl,
+            rngs=rngs,
         )
     else:
-        conv_class = nn.GroupedConv if groups > 1 else nn.Conv
+        conv_class = functools.partial(nn.GroupedConv, impl=impl) if groups > 1 else nn.Conv
         conv = conv_class(
             in_features,
             out_features,
@@ -222,7 +240,8 @@ class DepthwiseSeparableBlock(nnx.Module):
       strides: of the 3x3 step.
       groups: None for depthwise, else the groups of the 3x3 step (must divide ``C``).
       dtype, param_dtype, rngs: as in :mod:`jaxsep.nn`.
-      impl: of the depthwise step.
+      impl: of the depthwise 3x3 step (:func:`jaxsep.ops.depthwise_conv`); a grouped one
+        gets :func:`grouped_impl` of it.
 
     ``(N, H, W, C) -> (N, H / s, W / s, O)``.
     """
@@ -245,7 +264,8 @@ class DepthwiseSeparableBlock(nnx.Module):
             self.spatial = depthwise_norm_act(in_features, strides=strides, impl=impl, **common)
         else:
             self.spatial = conv_norm_act(
-                in_features, in_features, 3, strides=strides, groups=groups, **common
+                in_features, in_features, 3, strides=strides, groups=groups,
+                impl=grouped_impl(impl), **common
             )
         self.pointwise = conv_norm_act(in_features, out_features, 1, **common)
 
@@ -306,7 +326,8 @@ class ShuffleUnit(nnx.Module):
     average pool (stride 2, padding 1) of the input, concatenated, so the branch produces
     ``O - C`` channels. The bottleneck has ``O // 4`` channels, as in the paper and Megvii's
     reference; the first 1x1 is dense when ``first_grouped=False`` (the paper's first unit of
-    stage 2, whose input has few channels).
+    stage 2, whose input has few channels). ``impl`` is the lowering of the depthwise convolution
+    (:func:`jaxsep.ops.depthwise_conv`); the grouped ones get :func:`grouped_impl` of it.
 
     ``(N, H, W, C) -> (N, H / s, W / s, O)``.
     """
@@ -344,13 +365,16 @@ class ShuffleUnit(nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.strides = strides
         self.gconv1 = conv_norm_act(
-            in_features, bottleneck, 1, groups=groups if first_grouped else 1, **common
+            in_features, bottleneck, 1, groups=groups if first_grouped else 1,
+            impl=grouped_impl(impl), **common
         )
         self.shuffle = nn.ChannelShuffle(groups, in_features=bottleneck)
         self.depthwise = depthwise_norm_act(
             bottleneck, strides=strides, activation=None, impl=impl, **common
         )
-        self.gconv2 = conv_norm_act(bottleneck, branch, 1, groups=groups, activation=None, **common)
+        self.gconv2 = conv_norm_act(
+            bottleneck, branch, 1, groups=groups, activation=None, impl=grouped_impl(impl), **common
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.gconv2(self.depthwise(self.shuffle(self.gconv1(x))))

@@ -93,7 +93,9 @@ class MobileNetV1(nnx.Module):
       in_channels: of the input images.
       dtype: the computation dtype (e.g. ``jnp.bfloat16``); None follows the inputs.
       param_dtype: the parameters' dtype.
-      impl: of the depthwise convolutions (see :func:`jaxsep.ops.depthwise_conv`).
+      impl: of the depthwise convolutions (see :func:`jaxsep.ops.depthwise_conv`); with
+        "grouped", the grouped ones run "xla" when it is "xla", else "auto"
+        (:func:`jaxsep.models.blocks.grouped_impl`).
       rngs: parameter initialization and dropout.
 
     ``(N, H, W, in_channels) -> (N, num_classes)``.

@@ -53,7 +53,10 @@ class ShuffleNetV1(nnx.Module):
       variant: "imagenet" (224x224: stem stride 2, then a 3x3 max pool with stride 2) or
         "cifar" (32x32: stem stride 1 and no max pool, as in the kuangliu/pytorch-cifar port).
       dropout_rate: of the dropout before the classifier (0 disables it).
-      in_channels, dtype, param_dtype, impl, rngs: as in :class:`MobileNetV1`.
+      impl: of the depthwise convolutions (see :func:`jaxsep.ops.depthwise_conv`); the
+        grouped 1x1 ones run "xla" when it is "xla", else "auto"
+        (:func:`jaxsep.models.blocks.grouped_impl`).
+      in_channels, dtype, param_dtype, rngs: as in :class:`MobileNetV1`.
 
     ``(N, H, W, in_channels) -> (N, num_classes)``.
     """

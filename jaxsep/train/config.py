@@ -89,7 +89,7 @@ class TrainConfig:
     dropout: float | None = _field(
         None, "dropout before the classifier, in [0, 1) (default: the model's)", metavar="P"
     )
-    impl: str = _field("auto", "depthwise convolution lowering", IMPLS)
+    impl: str = _field("auto", "depthwise and grouped convolution lowering", IMPLS)
     # --- data ---
     dataset: str = _field("cifar10", "training data (synthetic needs no files)", DATASETS)
     data_dir: str | None = _field(
