@@ -770,7 +770,7 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
     from flax import nnx
 
     from jaxsep import models
-    from jaxsep.train import evaluate_run
+    from jaxsep.train import evaluate_run, restore_best, save_best
 
     if point.factorize is None:
         raise SweepError(f"point {point.label!r} is not a factorized point")
@@ -794,7 +794,7 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
         f"multiplier {point.factorize}")
     model = models.create(source.config.model, rngs=nnx.Rngs(0), **model_options(source.config))
     _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    tree, meta = _load_best(source.out, {"params": params, "batch_stats": batch_stats})
+    tree, meta = restore_best(source.out, {"params": params, "batch_stats": batch_stats})
     nnx.update(model, tree["params"], tree["batch_stats"])
     model.eval()
     converted, errors = models.factorize_mobilenet_v1(
@@ -805,7 +805,7 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
     converted_dir.mkdir(parents=True)
     atomic_write(converted_dir / "config.json",
                   point.config.replace(out=None, init_from=None).to_json().encode())
-    _save_best(converted_dir, {"params": new_params, "batch_stats": new_stats},
+    save_best(converted_dir, {"params": new_params, "batch_stats": new_stats},
                {"epoch": 0, "source": str(source.out), "source_epoch": int(meta["epoch"])})
     evaluation = evaluate_run(converted_dir, which="best")
     record = {
@@ -823,33 +823,6 @@ def convert_point(sweep: Sweep, point: Point, *, log: Callable[[str], None] = _s
     }
     atomic_write(record_file, (json.dumps(record, indent=2) + "\n").encode())
     return record
-
-
-# A run's best/ folder is the harness's format; these two read and write it with the
-# harness's own helpers (as its evaluate_run and init_from do), so the formats cannot drift.
-
-
-def _load_best(run: Path, target: Any) -> tuple[Any, dict]:
-    """The best checkpoint of ``run`` restored into the structure of ``target`` ({"params",
-    "batch_stats"}), and its metadata."""
-    from jaxsep.train import loop
-
-    manager = loop._checkpoint_manager(run / "best", 1)
-    try:
-        return loop._restore(manager, manager.latest_step(), loop._abstract(target))
-    finally:
-        manager.close()
-
-
-def _save_best(run: Path, tree: Any, meta: dict) -> None:
-    """Saves ``tree`` ({"params", "batch_stats"}) as the harness saves a best checkpoint."""
-    from jaxsep.train import loop
-
-    manager = loop._checkpoint_manager(run / "best", 1)
-    try:
-        loop._save(manager, int(meta["epoch"]), tree, {"format": loop.CHECKPOINT_FORMAT, **meta})
-    finally:
-        manager.close()
 
 
 # --------------------------------------------------------------------------------------------

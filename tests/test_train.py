@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -328,6 +329,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert meta["global_step"] == 4
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(tree))
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
+
+
+def test_restore_best_and_save_best_round_trip(reference_run, tmp_path):
+    out, summary = reference_run
+    stored, stored_meta = train.load_checkpoint(out, which="best")
+    target = jax.tree.map(jnp.zeros_like, stored)  # structure and dtypes only
+    tree, meta = train.restore_best(out, target)
+    assert meta["test_accuracy"] == summary["best_test_accuracy"] == stored_meta["test_accuracy"]
+    jax.tree.map(np.testing.assert_array_equal, tree, stored)
+    copy = tmp_path / "copy"
+    train.save_best(copy, tree, {"epoch": meta["epoch"], "test_accuracy": 0.5})
+    again, again_meta = train.restore_best(copy, target)
+    assert again_meta["epoch"] == meta["epoch"] and again_meta["test_accuracy"] == 0.5
+    jax.tree.map(np.testing.assert_array_equal, again, stored)
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        train.restore_best(tmp_path / "nothing", target)
+    assert not (tmp_path / "nothing").exists()  # nothing created on the way
 
 
 def test_evaluate_run_reloads_the_best_checkpoint(reference_run):

@@ -31,6 +31,8 @@ from jaxsep.train.loop import (
     evaluate_run as evaluate_run,
     load_checkpoint as load_checkpoint,
     maybe_initialize_distributed as maybe_initialize_distributed,
+    restore_best as restore_best,
+    save_best as save_best,
     train_and_evaluate as train_and_evaluate,
 )
 from jaxsep.train.optim import (
@@ -63,9 +65,11 @@ __all__ = [
     "learning_rate_schedule",
     "load_checkpoint",
     "maybe_initialize_distributed",
+    "restore_best",
     "parameter_kinds",
     "run_eval",
     "run_train",
+    "save_best",
     "train_and_evaluate",
     "train_step",
     "weight_decay_mask",

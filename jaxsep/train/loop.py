@@ -383,6 +383,33 @@ def _abstract(tree: Any) -> Any:
     )
 
 
+def restore_best(run: str | os.PathLike, target: Any) -> tuple[Any, dict]:
+    """A run's best checkpoint (``run/best/``), restored into the structure, dtypes and
+    shardings of ``target`` (``{"params", "batch_stats"}``), and its metadata (``epoch``,
+    ``test_accuracy``, ...). For code that builds on a finished run, as ``init_from`` does."""
+    folder = Path(run) / "best"
+    if not folder.is_dir():  # checked first: the manager would create the folder
+        raise FileNotFoundError(f"restore_best: no checkpoint folder {str(folder)!r}")
+    manager = _checkpoint_manager(folder, 1)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"restore_best: no checkpoint in {str(folder)!r}")
+        return _restore(manager, step, _abstract(target))
+    finally:
+        manager.close()
+
+
+def save_best(run: str | os.PathLike, tree: Any, meta: dict) -> None:
+    """Writes ``tree`` (``{"params", "batch_stats"}``) as ``run``'s best checkpoint, in the
+    harness's format, at step ``meta["epoch"]``; ``init_from`` and ``jaxsep eval`` read it."""
+    manager = _checkpoint_manager(Path(run) / "best", 1)
+    try:
+        _save(manager, int(meta["epoch"]), tree, {"format": CHECKPOINT_FORMAT, **meta})
+    finally:
+        manager.close()
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 
@@ -796,15 +823,10 @@ class _Trainer:
                 f"{self.config.model} x{self.config.width} ({len(wanted)} arrays, "
                 f"{sum(math.prod(s) for s in wanted)} numbers)"
             )
-        manager = _checkpoint_manager(run / "best", 1)
-        try:
-            step = manager.latest_step()
-            tree, _ = _restore(manager, step, _abstract(target))
-        finally:
-            manager.close()
+        tree, meta = restore_best(run, target)
         self.state["params"], self.state["batch_stats"] = tree["params"], tree["batch_stats"]
         self.state["opt_state"] = S.init_optimizer_state(self.spec, tree["params"])
-        logger.info("initialized from %s", run / "best" / str(step))
+        logger.info("initialized from %s (epoch %s)", run / "best", meta.get("epoch"))
 
     def save(self) -> str | None:
         """Checkpoints the state and the loop's position; returns the folder (None without
