@@ -37,12 +37,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -50,9 +47,10 @@ import jax.numpy as jnp
 
 import jaxsep
 from jaxsep import ops
-from jaxsep._io import atomic_write
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
+
+from _timing import Rounds, compile_timed, torch_device as find_torch_device, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -144,12 +142,6 @@ def _jax_fns(impl: str, case: Case):
     return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def _compile(fn, *args):
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
 def _torch_fns(case: Case, batch: int, device: str):
     import torch
 
@@ -174,15 +166,6 @@ def _torch_fns(case: Case, batch: int, device: str):
         sync()
 
     return forward, forward_backward
-
-
-def _time_block(call, calls: int) -> list[float]:
-    times = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times[1:]  # the first call of a block warms caches and the allocator
 
 
 def _verdict(picked: str, fastest: str, slowdown: float | None) -> str:
@@ -212,8 +195,8 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
     compile_s = {}
     for impl in impls + ["auto"]:
         fwd, fwd_bwd = _jax_fns(impl, case)
-        fwd, compile_s[f"{impl} fwd"] = _compile(fwd, x, k)
-        fwd_bwd, compile_s[f"{impl} fwd+bwd"] = _compile(fwd_bwd, x, k, ct)
+        fwd, compile_s[f"{impl} fwd"] = compile_timed(fwd, x, k)
+        fwd_bwd, compile_s[f"{impl} fwd+bwd"] = compile_timed(fwd_bwd, x, k, ct)
         calls_by_name[f"{impl} fwd"] = lambda f=fwd: f(x, k).block_until_ready()
         calls_by_name[f"{impl} fwd+bwd"] = lambda f=fwd_bwd: jax.block_until_ready(f(x, k, ct))
     if torch_device:
@@ -221,19 +204,9 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
         calls_by_name["torch CL fwd"] = t_fwd
         calls_by_name["torch CL fwd+bwd"] = t_fwd_bwd
 
-    names = list(calls_by_name)
-    per_round = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            per_round[name].append(statistics.median(_time_block(calls_by_name[name], calls)))
-
-    def ratio(a, b):
-        if a not in per_round or b not in per_round:
-            return None
-        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
-
-    ms = {name: 1e3 * statistics.median(v) for name, v in per_round.items()}
+    timed = Rounds(calls_by_name).run(rounds, calls)
+    ratio = timed.ratio
+    ms = {name: 1e3 * timed.seconds(name) for name in calls_by_name}
     picked = ops.choose_grouped_impl(case.channels, case.groups)
     fastest, picked_vs_fastest = {}, {}
     for mode in ("fwd", "fwd+bwd"):
@@ -261,16 +234,6 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
         "picked/fastest": picked_vs_fastest,
         "verdict": _verdict(picked, fastest["fwd+bwd"], picked_vs_fastest["fwd+bwd"]),
     }
-
-
-def _torch_device():
-    try:
-        import torch
-    except ImportError:
-        return None, None
-    if jax.default_backend() == "gpu":
-        return ("cuda", torch.__version__) if torch.cuda.is_available() else (None, None)
-    return ("cpu", torch.__version__) if jax.default_backend() == "cpu" else (None, None)
 
 
 def _fmt(v, digits=2):
@@ -406,7 +369,7 @@ def main(argv=None) -> int:
     else:
         cases = mobilenet_cases(tuple(args.groups))
         cases += [] if args.no_shufflenet else shufflenet_cases()
-    torch_device, torch_version = (None, None) if args.no_torch else _torch_device()
+    torch_device, torch_version = (None, None) if args.no_torch else find_torch_device()
     if torch_device == "cpu":
         import torch
 
@@ -447,10 +410,7 @@ def main(argv=None) -> int:
     print(table)
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        stem = f"bench_grouped_{report['backend']}"
-        atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-        atomic_write(out_dir / f"{stem}.md", table)
-        print(f"wrote {out_dir / stem}.json and .md")
+        write_report(out_dir, f"bench_grouped_{report['backend']}", report, table)
     return 0
 
 

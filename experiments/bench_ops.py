@@ -20,12 +20,9 @@ Results: ``experiments/results/bench_ops_<backend>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -33,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsep
-from jaxsep._io import atomic_write
 from jaxsep._taps import choose_impl
+
+from _timing import Rounds, compile_timed, torch_device as find_torch_device, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,12 +62,6 @@ def _jax_fns(impl: str, stride: int):
     return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def _compile(fn, *args):
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
 def _torch_fns(shape, stride, device):
     import torch
 
@@ -94,15 +86,6 @@ def _torch_fns(shape, stride, device):
     return forward, forward_backward
 
 
-def _time_block(call, calls: int) -> list[float]:
-    times = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times[1:]  # the first call of a block warms caches and the allocator
-
-
 def bench_layer(shape, stride, *, rounds, calls, torch_device):
     key = jax.random.key(0)
     x = jax.random.normal(key, shape, jnp.float32)
@@ -114,30 +97,20 @@ def bench_layer(shape, stride, *, rounds, calls, torch_device):
     compile_s = {}
     for impl in ("xla", "taps", "auto"):
         fwd, fwd_bwd = _jax_fns(impl, stride)
-        fwd, compile_s[f"{impl} fwd"] = _compile(fwd, x, k)
-        fwd_bwd, compile_s[f"{impl} fwd+bwd"] = _compile(fwd_bwd, x, k, ct)
+        fwd, compile_s[f"{impl} fwd"] = compile_timed(fwd, x, k)
+        fwd_bwd, compile_s[f"{impl} fwd+bwd"] = compile_timed(fwd_bwd, x, k, ct)
         calls_by_name[f"{impl} fwd"] = lambda f=fwd: f(x, k).block_until_ready()
         calls_by_name[f"{impl} fwd+bwd"] = lambda f=fwd_bwd: jax.block_until_ready(f(x, k, ct))
-    copy, _ = _compile(jax.jit(lambda x: x * 1.5), x)
+    copy, _ = compile_timed(jax.jit(lambda x: x * 1.5), x)
     calls_by_name["copy"] = lambda: copy(x).block_until_ready()
     if torch_device:
         t_fwd, t_fwd_bwd = _torch_fns(shape, stride, torch_device)
         calls_by_name["torch CL fwd"] = t_fwd
         calls_by_name["torch CL fwd+bwd"] = t_fwd_bwd
 
-    names = list(calls_by_name)
-    per_round = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            per_round[name].append(statistics.median(_time_block(calls_by_name[name], calls)))
-
-    def ratio(a, b):
-        if a not in per_round or b not in per_round:
-            return None
-        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
-
-    ms = {name: 1e3 * statistics.median(v) for name, v in per_round.items()}
+    timed = Rounds(calls_by_name).run(rounds, calls)
+    ratio = timed.ratio
+    ms = {name: 1e3 * timed.seconds(name) for name in calls_by_name}
     io_bytes = 4 * (int(np.prod(shape)) + int(np.prod(out_shape)))
     copy_bytes = 4 * 2 * int(np.prod(shape))
     bandwidth = {
@@ -159,16 +132,6 @@ def bench_layer(shape, stride, *, rounds, calls, torch_device):
         },
         "bandwidth": bandwidth,
     }
-
-
-def _torch_device():
-    try:
-        import torch
-    except ImportError:
-        return None, None
-    if jax.default_backend() == "gpu":
-        return ("cuda", torch.__version__) if torch.cuda.is_available() else (None, None)
-    return ("cpu", torch.__version__) if jax.default_backend() == "cpu" else (None, None)
 
 
 def _fmt(v, digits=2):
@@ -235,7 +198,7 @@ def main(argv=None) -> int:
 
     layers = QUICK_LAYERS if args.quick else LAYERS
     batch = 2 if args.quick else args.batch
-    torch_device, torch_version = (None, None) if args.no_torch else _torch_device()
+    torch_device, torch_version = (None, None) if args.no_torch else find_torch_device()
     if torch_device == "cpu":
         import torch
 
@@ -279,10 +242,7 @@ def main(argv=None) -> int:
     print(table)
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        stem = f"bench_ops_{report['backend']}"
-        atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-        atomic_write(out_dir / f"{stem}.md", table)
-        print(f"wrote {out_dir / stem}.json and .md")
+        write_report(out_dir, f"bench_ops_{report['backend']}", report, table)
     return 0
 
 

@@ -32,10 +32,8 @@ Results: ``experiments/results/bench_train_<backend>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -47,11 +45,12 @@ import numpy as np
 from flax import nnx
 
 from jaxsep import data as jdata
-from jaxsep._io import atomic_write
 from jaxsep import models
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.train import steps as S
 from jaxsep.train.optim import weight_decay_mask
+
+from _timing import Rounds, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
@@ -204,15 +203,6 @@ def _torch_version() -> str | None:
 # Timing
 
 
-def _time_block(call: Callable[[], None], steps: int) -> list[float]:
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times[1:]  # the first call of a block warms caches and the allocator
-
-
 def bench_width(width: float, *, batch: int, steps: int, rounds: int, torch: bool) -> dict:
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (S.DATA_AXIS,))
     data = jdata.synthetic_cifar10(num_train=batch * NUM_BATCHES, num_test=1)
@@ -227,26 +217,17 @@ def bench_width(width: float, *, batch: int, steps: int, rounds: int, torch: boo
     if torch:
         compile_s["torch CL"], trainers["torch CL"] = _torch_trainer(width, batch)
 
-    names = list(trainers)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            per_round[name].append(statistics.median(_time_block(trainers[name], steps)))
-
-    def ratio(faster: str, slower: str) -> float | None:
-        if faster not in per_round or slower not in per_round:
-            return None
-        return statistics.median(s / f for f, s in zip(per_round[faster], per_round[slower]))
-
+    timed = Rounds(trainers).run(rounds, steps)
     return {
         "width": width,
-        "images_per_second": {n: batch / statistics.median(v) for n, v in per_round.items()},
-        "step_ms": {n: 1e3 * statistics.median(v) for n, v in per_round.items()},
+        "images_per_second": {n: batch / timed.seconds(n) for n in trainers},
+        "step_ms": {n: 1e3 * timed.seconds(n) for n in trainers},
         "compile_s": compile_s,
-        "per_round_step_ms": {n: [1e3 * t for t in v] for n, v in per_round.items()},
-        # images/s ratios: jaxsep over the baseline (>= 3 wanted), jaxsep over torch (>= 0.7)
-        "jaxsep_vs_flax_grouped": ratio("jaxsep", "flax grouped"),
-        "jaxsep_vs_torch_cl": ratio("jaxsep", "torch CL"),
+        "per_round_step_ms": {n: [1e3 * t for t in v] for n, v in timed.per_round.items()},
+        # images/s ratios (step time of the other over jaxsep's): jaxsep over the baseline
+        # (>= 3 wanted), jaxsep over torch (>= 0.7)
+        "jaxsep_vs_flax_grouped": timed.ratio("flax grouped", "jaxsep"),
+        "jaxsep_vs_torch_cl": timed.ratio("torch CL", "jaxsep"),
     }
 
 
@@ -344,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        stem = f"bench_train_{report['backend']}"
-        atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-        atomic_write(out_dir / f"{stem}.md", table)
-        print(f"wrote {out_dir / stem}.json and .md")
+        write_report(out_dir, f"bench_train_{report['backend']}", report, table)
     return 0
 
 

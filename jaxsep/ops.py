@@ -56,9 +56,8 @@ IMPLS = ("auto", "xla", "taps")  # lowerings of depthwise_conv and separable_con
 GroupedImpl = Literal["auto", "xla", "split", "taps"]
 GROUPED_IMPLS = ("auto", "xla", "split", "taps")  # lowerings of grouped_conv; IMPLS plus "split"
 # Widest channel group (C // G) that grouped_conv's impl="auto" runs as "taps" on the CPU; wider
-# groups run as "split". A first-principles guess, to be confirmed by a benchmark (see
-# choose_grouped_impl).
-_TAPS_MAX_GROUP_WIDTH = 4
+# groups run as "split" (measured: see choose_grouped_impl).
+_TAPS_MAX_GROUP_WIDTH = 1
 
 # Spatial rank -> lax dimension numbers for (x, kernel, out), channels-last and -first.
 DIMENSION_NUMBERS: dict[tuple[int, bool], tuple[str, str, str]] = {
@@ -301,15 +300,14 @@ def choose_grouped_impl(channels: int, groups: int) -> str:
     """The grouped lowering that ``impl="auto"`` runs on the current default backend.
 
     Off the CPU, "xla": GPU and TPU libraries have real grouped kernels. On the CPU, "taps"
-    for narrow groups (``1 < G`` and ``C // G <= _TAPS_MAX_GROUP_WIDTH``), else "split". The
-    reasoning, from XLA:CPU's costs: "taps" costs about ``C // G`` fused elementwise passes
-    over the output, while "split"'s ``G`` dense convolutions run near library speed once a
-    group has a few channels but are dominated by per-call and packing overhead when each has
-    only 1-4; ``G = 1`` is a single dense convolution, which "split" calls directly.
-
-    Not measured yet: the threshold and the choice must be confirmed by a benchmark of the
-    three lowerings (forward and forward+backward, the MobileNetV1 ``conv="grouped"`` and
-    ShuffleNet layer shapes) before they are relied on.
+    when each group has at most ``_TAPS_MAX_GROUP_WIDTH`` (1) input channels, i.e. the
+    depthwise convolution with a depth multiplier, else "split". Measured by
+    ``experiments/bench_grouped.py`` (batch 128, the grouped MobileNetV1 and ShuffleNet layer
+    shapes, forward+backward): "split" was the fastest lowering at every group width from 4 to
+    128 but one (a 4x4 stride-2 layer with G = 2, where "xla" was 1.9x faster), 4-14x faster
+    than "taps" at 4 to 16 channels per group (each taps call then has a depth multiplier of
+    ``O // G``, whose backward is slow) and 4-220x faster than "xla"; "taps" wins at one channel
+    per group (4.9 against 80 ms at 32x32x16, G = 16).
     """
     if jax.default_backend() != "cpu":
         return "xla"

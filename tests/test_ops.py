@@ -185,12 +185,13 @@ def test_grouped_conv_impls_match_reference(case, impl):
 
 def test_grouped_conv_auto_is_its_choice():
     """impl="auto" runs exactly the lowering choose_grouped_impl names: "xla" off the CPU;
-    on the CPU "taps" for narrow groups and "split" for wide ones or G = 1."""
+    on the CPU "taps" for one channel per group and "split" otherwise (bench_grouped.py)."""
     on_cpu = jax.default_backend() == "cpu"
-    choices = [(8, 2, "taps"), (8, 8, "taps"), (20, 2, "split"), (4, 1, "split")]
+    choices = [(8, 8, "taps"), (8, 4, "split"), (8, 2, "split"), (20, 2, "split"), (4, 1, "split")]
     for channels, groups, want in choices:
         assert ops.choose_grouped_impl(channels, groups) == (want if on_cpu else "xla")
-    for case in (_BY_NAME["1d-causal-s2d2"], _BY_NAME["2d-samelow-mixed"]):  # taps, split
+    one_per_group = dataclasses.replace(_BY_NAME["1d-causal-s2d2"], groups=4)  # C = 4: taps
+    for case in (one_per_group, _BY_NAME["2d-samelow-mixed"]):  # taps, split
         x, kernel = _grouped_inputs(case)
         chosen = ops.choose_grouped_impl(case.channels, case.groups)
         np.testing.assert_array_equal(

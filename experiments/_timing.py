@@ -1,0 +1,85 @@
+"""The measuring method shared by the benchmarks under experiments/ (see PERF-NOTES.md).
+
+All implementations of one configuration run in one process. Each round times a block of
+``calls`` calls of each implementation in turn (the first call of a block dropped: it warms
+caches and the allocator), the order rotated between rounds; a round's figure is the median of
+its kept calls, a report's figure the median over rounds, and a ratio the median over rounds
+of that round's ratio. Compilation is timed on its own, never inside a timed call.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+
+from jaxsep._io import atomic_write
+
+
+def compile_timed(fn, *args):
+    """``(fn.lower(*args).compile(), seconds it took)`` for a jitted ``fn``."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_block(call: Callable[[], None], calls: int) -> list[float]:
+    """Seconds of ``calls`` synchronized calls, after one dropped warm-up call."""
+    times = []
+    for _ in range(calls + 1):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+class Rounds:
+    """Per-round medians of named calls, timed by :meth:`run` with the order rotated."""
+
+    def __init__(self, calls_by_name: Mapping[str, Callable[[], None]]):
+        self.calls_by_name = dict(calls_by_name)
+        self.per_round: dict[str, list[float]] = {name: [] for name in self.calls_by_name}
+
+    def run(self, rounds: int, calls: int) -> Rounds:
+        names = list(self.calls_by_name)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                self.per_round[name].append(
+                    statistics.median(time_block(self.calls_by_name[name], calls))
+                )
+        return self
+
+    def seconds(self, name: str) -> float:
+        """The median over rounds of ``name``'s round figures."""
+        return statistics.median(self.per_round[name])
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        """Median over rounds of ``time(numerator) / time(denominator)`` (None if absent)."""
+        if numerator not in self.per_round or denominator not in self.per_round:
+            return None
+        return statistics.median(
+            a / b for a, b in zip(self.per_round[numerator], self.per_round[denominator])
+        )
+
+
+def torch_device() -> tuple[str | None, str | None]:
+    """``(device, torch version)`` matching JAX's default backend, or ``(None, None)`` when
+    torch is not importable or has no such device."""
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    if jax.default_backend() == "gpu":
+        return ("cuda", torch.__version__) if torch.cuda.is_available() else (None, None)
+    return ("cpu", torch.__version__) if jax.default_backend() == "cpu" else (None, None)
+
+
+def write_report(out_dir: Path, stem: str, report: Mapping, table: str) -> None:
+    """Writes ``<stem>.json`` and ``<stem>.md`` into ``out_dir``, each atomically."""
+    atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out_dir / f"{stem}.md", table)
+    print(f"wrote {out_dir / stem}.json and .md")
