@@ -15,7 +15,8 @@ whose tangent, ``op(dx, k) + op(x, dk)``, is written so that reverse mode's tran
   * ``op(x, dk)`` runs over batch chunks of about 1 MiB (a ``lax.map`` under ``jax.checkpoint``);
     its transpose, the kernel gradient, reduces one cache-sized chunk per scan step, where
     autodiff of the plain forward would write one shifted copy of the whole batch per tap to
-    fresh memory (2-4x slower on CPU).
+    fresh memory (2-4x slower on CPU). Within a chunk it is built from row pieces
+    (:func:`_kernel_rows_forward`) so that most of the reduction is fused elementwise adds.
 
 Layouts follow :mod:`jaxsep.ops`; shapes are those of ``depthwise_conv``.
 """
