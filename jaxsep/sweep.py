@@ -1212,7 +1212,7 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
     """Runs ``jaxsep sweep``; returns the exit status: 0 done, 1 a point failed (or diverged),
     2 a bad sweep file or a run folder of another configuration, 128 + signal number when a
     signal stopped a point after it saved a checkpoint."""
-    from jaxsep.train import NonFiniteLossError, TrainingInterrupted
+    from jaxsep.train.command import run_error_status
 
     try:
         sweep = load_sweep(args.file, preset=args.preset, runs_dir=args.runs_dir,
@@ -1227,17 +1227,8 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
     except SweepError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return error.exit_code
-    except NonFiniteLossError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
-    except (TypeError, ValueError, OSError) as error:
-        if getattr(error, "jaxsep_config_error", False):
-            print(f"{prog}: error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as error:  # a point's run: reported as `jaxsep train` reports it
+        return run_error_status(prog, error)
     collected = collect(sweep, plot=args.plot)
     written = [collected.csv, collected.markdown] + ([collected.png] if collected.png else [])
     print(f"{prog}: wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

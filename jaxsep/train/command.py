@@ -47,7 +47,7 @@ def _error(prog: str, error: BaseException) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Runs ``jaxsep train``; returns the exit status."""
-    from jaxsep.train.loop import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
+    from jaxsep.train.loop import train_and_evaluate
 
     prog = "jaxsep train"
     try:
@@ -56,17 +56,29 @@ def run_train(args: argparse.Namespace) -> int:
         return _error(prog, error)
     try:
         train_and_evaluate(config, resume=True if getattr(args, "resume", False) else None)
-    except TrainingInterrupted as error:
+    except Exception as error:
+        return run_error_status(prog, error)
+    return 0
+
+
+def run_error_status(prog: str, error: Exception) -> int:
+    """Reports an error a training run raised and returns the command's exit status, or
+    re-raises it when it is a bug rather than an outcome: 128 + signal number for a run
+    stopped by SIGINT/SIGTERM (its checkpoint saved), 1 for a diverged run, 2 for a bad
+    configuration found once the run started (e.g. an unreadable data folder)."""
+    from jaxsep.train.loop import NonFiniteLossError, TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
         print(f"{prog}: {error}", file=sys.stderr)
         return error.exit_code
-    except NonFiniteLossError as error:
+    if isinstance(error, NonFiniteLossError):
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
-    except (TypeError, ValueError, OSError) as error:
-        if getattr(error, "jaxsep_config_error", False):
-            return _error(prog, error)
-        raise
-    return 0
+    if isinstance(error, (TypeError, ValueError, OSError)) and getattr(
+        error, "jaxsep_config_error", False
+    ):
+        return _error(prog, error)
+    raise error
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
