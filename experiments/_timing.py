@@ -9,7 +9,9 @@ of that round's ratio. Compilation is timed on its own, never inside a timed cal
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +19,31 @@ from pathlib import Path
 
 import jax
 
+from jaxsep import host_memory
 from jaxsep._io import atomic_write
+
+
+def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-reuse-host-memory", action="store_true",
+        help="leave glibc's malloc as it is (by default the benchmark calls "
+        "jaxsep.host_memory.reuse_host_memory() first, as jaxsep train does; it affects torch "
+        "in the same process too)",
+    )
+
+
+def apply_host_memory(args: argparse.Namespace) -> dict:
+    """Applies (or not) ``reuse_host_memory`` before any JAX computation; returns the report
+    fields that say how host memory was set up."""
+    applied = False if args.no_reuse_host_memory else host_memory.reuse_host_memory()
+    return {"reuse_host_memory": applied, "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+
+
+def host_memory_note(report: Mapping) -> str:
+    """One sentence for a report's header: how host memory was set up."""
+    reuse = "on" if report.get("reuse_host_memory") else "off"
+    return (f"jaxsep.host_memory.reuse_host_memory {reuse}; GLIBC_TUNABLES="
+            f"`{report.get('glibc_tunables') or ''}`")
 
 
 def compile_timed(fn, *args):

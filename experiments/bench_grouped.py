@@ -50,7 +50,15 @@ from jaxsep import ops
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
 
-from _timing import Rounds, compile_timed, torch_device as find_torch_device, write_report
+from _timing import (
+    Rounds,
+    compile_timed,
+    torch_device as find_torch_device,
+    write_report,
+    add_host_memory_flag,
+    apply_host_memory,
+    host_memory_note,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -271,7 +279,7 @@ def markdown(report) -> str:
         "",
         f"jax {report['jax']}, torch {report['torch'] or 'not run'}, batch "
         f"{report['batch']}, float32, NHWC, SAME; medians of {report['rounds']} rounds x "
-        f"{report['calls']} calls; GLIBC_TUNABLES=`{report['glibc_tunables'] or ''}`. "
+        f"{report['calls']} calls; {host_memory_note(report)}. "
         f"Command: `{report['command']}`.",
         "",
         "`auto runs` is what `choose_grouped_impl(C, G)` picks on this backend (on the CPU: "
@@ -356,7 +364,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: experiments/results; --quick writes "
                         "only with --out)")
+    add_host_memory_flag(parser)
     args = parser.parse_args(argv)
+    memory = apply_host_memory(args)  # before the first JAX computation
 
     def default(value, full, quick):
         return value if value is not None else (quick if args.quick else full)
@@ -385,7 +395,7 @@ def main(argv=None) -> int:
         "batch": batch,
         "rounds": rounds,
         "calls": calls,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        **memory,
         "taps_max_group_width": ops._TAPS_MAX_GROUP_WIDTH,
         "command": "python experiments/bench_grouped.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -32,7 +32,15 @@ import numpy as np
 import jaxsep
 from jaxsep._taps import choose_impl
 
-from _timing import Rounds, compile_timed, torch_device as find_torch_device, write_report
+from _timing import (
+    Rounds,
+    compile_timed,
+    torch_device as find_torch_device,
+    write_report,
+    add_host_memory_flag,
+    apply_host_memory,
+    host_memory_note,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -144,7 +152,8 @@ def markdown(report) -> str:
         f"# Depthwise lowering benchmark ({report['backend']}: {report['device']})",
         "",
         f"jax {report['jax']}, torch {report['torch'] or 'not installed'}, batch {report['batch']}, "
-        f"float32, NHWC, 3x3 SAME; medians of {report['rounds']} rounds x {report['calls']} calls. "
+        f"float32, NHWC, 3x3 SAME; medians of {report['rounds']} rounds x {report['calls']} calls; "
+        f"{host_memory_note(report)}. "
         f"Command: `{report['command']}`.",
         "",
         "| layer | xla fwd ms | auto fwd ms | xla/auto fwd | xla fwd+bwd ms | auto fwd+bwd ms | "
@@ -194,7 +203,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke test")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: experiments/results; --quick writes only with --out)")
+    add_host_memory_flag(parser)
     args = parser.parse_args(argv)
+    memory = apply_host_memory(args)  # before the first JAX computation
 
     layers = QUICK_LAYERS if args.quick else LAYERS
     batch = 2 if args.quick else args.batch
@@ -213,6 +224,7 @@ def main(argv=None) -> int:
         "batch": batch,
         "rounds": args.rounds,
         "calls": args.calls,
+        **memory,
         "auto_impl": choose_impl(x_probe, None, None),
         "command": "python experiments/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "layers": [],

@@ -20,8 +20,9 @@ Method (see PERF-NOTES.md): everything runs in one process; each round times a b
 block dropped), the order rotated between rounds; a round's figure is the median of its
 kept calls, and the report the median over rounds. Ratios are taken per round, then the
 median. Compilation (``jit(...).lower(...).compile()``) is timed on its own, never inside a
-timed call. Run it on an otherwise idle machine; on Linux CPUs
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` speeds JAX steps up markedly (PERF-NOTES.md).
+timed call. Run it on an otherwise idle machine. Like ``jaxsep train``, it first calls
+``jaxsep.host_memory.reuse_host_memory()`` (glibc keeps freed host memory for the next step;
+process-wide, so torch runs under it too); ``--no-reuse-host-memory`` measures without.
 
     python experiments/bench_train.py                 # widths 1.0 and 0.5; writes results/
     python experiments/bench_train.py --quick --no-torch --out /tmp/b   # smoke test
@@ -50,7 +51,13 @@ from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.train import steps as S
 from jaxsep.train.optim import weight_decay_mask
 
-from _timing import Rounds, write_report
+from _timing import (
+    Rounds,
+    write_report,
+    add_host_memory_flag,
+    apply_host_memory,
+    host_memory_note,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
@@ -247,8 +254,8 @@ def markdown(report: dict) -> str:
         f"MobileNetV1-CIFAR (separable), batch {report['batch']}, float32, SGD (Nesterov "
         f"momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}); jax {report['jax']}, flax "
         f"{report['flax']}, torch {report['torch'] or 'not installed'}; medians of "
-        f"{report['rounds']} rounds x {report['steps']} steps; GLIBC_TUNABLES="
-        f"`{report['glibc_tunables'] or ''}`. Command: `{report['command']}`.",
+        f"{report['rounds']} rounds x {report['steps']} steps; {host_memory_note(report)}. "
+        f"Command: `{report['command']}`.",
         "",
         "| width | jaxsep img/s | flax grouped img/s | jaxsep / flax grouped |"
         + (" torch CL img/s | jaxsep / torch CL |" if has_torch else "")
@@ -286,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default experiments/results; --quick writes "
                         "only with --out)")
+    add_host_memory_flag(parser)
     args = parser.parse_args(argv)
+    memory = apply_host_memory(args)  # before the first JAX computation
     if args.quick:
         args.widths, args.batch_size, args.steps, args.rounds = [0.25], 8, 2, 1
     torch_version = None if args.no_torch else _torch_version()
@@ -302,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch_size,
         "steps": args.steps,
         "rounds": args.rounds,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        **memory,
         "command": "python experiments/bench_train.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "widths": [],

@@ -11,6 +11,9 @@ every subcommand can be tested by calling ``main([...])``.
   jaxsep eval --run DIR [--which best|last] [--data-dir DIR] [--json]
   jaxsep sweep FILE [--preset cpu|full] [--dry-run] [--only LABEL ...] [--collect-only]
                [--runs-dir DIR] [--results-dir DIR] [--keep-going] [--quiet] [--no-plot]
+
+train, eval and sweep first call :func:`jaxsep.host_memory.reuse_host_memory_from_env` (glibc
+keeps freed host memory for the next step; ``JAXSEP_REUSE_HOST_MEMORY=0`` opts out).
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reuse_host_memory() -> None:
+    # Before the first computation: XLA:CPU's threads must not have made arenas of their own.
+    from jaxsep import host_memory
+
+    host_memory.reuse_host_memory_from_env()
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     from jaxsep import train
 
@@ -107,6 +117,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from jaxsep import train
 
+    _reuse_host_memory()
     return train.run_train(args)
 
 
@@ -126,6 +137,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from jaxsep import train
 
+    _reuse_host_memory()
     return train.run_eval(args)
 
 
@@ -148,6 +160,7 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from jaxsep import sweep
 
+    _reuse_host_memory()
     return sweep.run_sweep_command(args)
 
 

@@ -7,6 +7,12 @@ collection time; fixtures for what changes global state.
 from __future__ import annotations
 
 import math
+import os
+
+# The CLI tests run jaxsep train/sweep in this process; jaxsep.host_memory's single malloc
+# arena would then slow every later compile in the suite (XLA compiles with many threads), so
+# the suite opts out. tests/test_host_memory.py tests the setting itself.
+os.environ.setdefault("JAXSEP_REUSE_HOST_MEMORY", "0")
 
 import jax
 import jax.numpy as jnp

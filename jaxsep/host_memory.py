@@ -1,0 +1,86 @@
+"""Host-memory reuse for XLA:CPU: keep freed memory in the process instead of the OS.
+
+An XLA:CPU executable allocates its temporaries for every call; a MobileNetV1 training step
+at width 1.0 and batch 128 needs over a gigabyte of them. glibc's malloc serves such large
+blocks with a fresh ``mmap`` and hands them back with ``munmap`` on free, and blocks
+requested from a worker thread come from that thread's arena, whose heaps are capped at
+64 MiB, so they are always fresh mappings. Every step then pays a page fault and a zeroed
+page for each 4 KiB it touches (about 300k faults per step): on the 2-core CPU, 29% of the
+step at width 1.0 (``experiments/results/bench_train_cpu.md`` against
+``experiments/results/no_reuse_host_memory/bench_train_cpu.md``).
+
+:func:`reuse_host_memory` tells glibc to serve every thread from the main arena, to take
+blocks of up to 2 GiB from the heap rather than from ``mmap``, and never to trim the heap
+back to the OS. Memory freed by one step is then reused by the next, at the price of a
+resident set that stays at its high-water mark (as PyTorch's caching allocators do on GPU).
+
+``jaxsep train``, ``jaxsep sweep`` and ``jaxsep eval`` call it at start-up (set
+``JAXSEP_REUSE_HOST_MEMORY=0`` to opt out); Python users call it themselves, early. The same
+settings can be given before the process starts, for any program, with
+``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+
+__all__ = ["GLIBC_TUNABLES", "reuse_host_memory", "reuse_host_memory_from_env"]
+
+# mallopt parameters (malloc.h); values are C ints, hence the 2 GiB - 1 ceiling.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+_LARGEST = (1 << 31) - 1
+
+_SETTINGS = (
+    ("arena_max", _M_ARENA_MAX, 1),
+    ("mmap_threshold", _M_MMAP_THRESHOLD, _LARGEST),
+    ("trim_threshold", _M_TRIM_THRESHOLD, _LARGEST),
+)
+
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _SETTINGS)
+"""The same settings as an environment variable value, read by glibc at process start."""
+
+ENV_VAR = "JAXSEP_REUSE_HOST_MEMORY"
+
+
+def _glibc():
+    """The C library as a ``ctypes.CDLL`` when it is glibc on Linux, else ``None``."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def reuse_host_memory() -> bool:
+    """Makes glibc's malloc keep freed host memory for reuse (see the module docstring).
+
+    Process-wide and not undone. Call it before the first JAX computation: a thread that has
+    already allocated keeps its own arena. Repeated calls are harmless.
+
+    Returns:
+      ``True`` when every setting was applied; ``False`` where the C library is not glibc
+      (macOS, Windows, musl) or refused a setting, in which case nothing else changes.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return all([mallopt(param, value) == 1 for _, param, value in _SETTINGS])
+
+
+def reuse_host_memory_from_env() -> bool:
+    """:func:`reuse_host_memory` unless ``$JAXSEP_REUSE_HOST_MEMORY`` is ``0`` (or ``false``,
+    ``no``, ``off``); returns whether it was applied. The command line calls this."""
+    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return reuse_host_memory()
