@@ -5,8 +5,9 @@ at width 1.0 and batch 128 needs over a gigabyte of them. glibc's malloc serves 
 blocks with a fresh ``mmap`` and hands them back with ``munmap`` on free, and blocks
 requested from a worker thread come from that thread's arena, whose heaps are capped at
 64 MiB, so they are always fresh mappings. Every step then pays a page fault and a zeroed
-page for each 4 KiB it touches (about 300k faults per step): on the 2-core CPU, 29% of the
-step at width 1.0 (``experiments/results/bench_train_cpu.md`` against
+page for each 4 KiB it touches (about 300k faults per step, ``../shared/PERF-NOTES.md``):
+on the 2-core CPU, 29% of the step at width 1.0
+(``experiments/results/bench_train_cpu.md`` against
 ``experiments/results/no_reuse_host_memory/bench_train_cpu.md``).
 
 :func:`reuse_host_memory` tells glibc to serve every thread from the main arena, to take
