@@ -1006,10 +1006,19 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
+def _compact_count(value: float, _position: object = None) -> str:
+    """A count as a short tick label: 200k, 1M, 2.5M, 30G."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def _plot(sweep: Sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """Draws the two panels into ``path``; False (and nothing written) without matplotlib
     or without a finished point."""
     try:
+        from matplotlib import ticker
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
@@ -1046,6 +1055,13 @@ def _plot(sweep: Sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
                 ax.annotate(item[3], (x, y), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
         ax.set_xscale("log")
+        # Compact labels at 1, 2 and 5 times each power of ten: matplotlib's default labels
+        # every minor tick in scientific notation when the data span less than a decade or
+        # two, and those labels overlap.
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
+        ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_compact_count))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_compact_count))
         ax.margins(x=0.12, y=0.08)
         ax.set_xlabel(title + " (log scale)")
         ax.grid(True, which="both", alpha=0.3)

@@ -426,3 +426,11 @@ def test_retrain_ignores_the_record(tiny, tmp_path, monkeypatch):
     record = sweep.point("conv=standard").record  # no finished run: the record stays as it was
     assert (record / "summary.json").read_bytes() == (
         tiny["sweep"].point("conv=standard").record / "summary.json").read_bytes()
+
+
+def test_compact_count_labels_the_log_axis_ticks_shortly():
+    from jaxsep.sweep import _compact_count
+
+    assert [_compact_count(v) for v in (5, 200, 2e5, 1e6, 2.5e6, 4.6e7, 3e10)] == [
+        "5", "200", "200k", "1M", "2.5M", "46M", "30G"
+    ]
