@@ -221,7 +221,8 @@ class MacCount:
     Attributes:
       total: all MACs, for the whole batch the function was traced with.
       by_primitive: MACs per counted primitive (``"conv_general_dilated"``, ``"dot_general"``,
-        ``"depthwise_taps"``), for each one that occurs; the values sum to ``total``.
+        ``"channel_matmul"``, ``"depthwise_taps"``), for each one that occurs; the values sum
+        to ``total``.
     """
 
     total: int
@@ -267,6 +268,11 @@ def _dot_macs(eqn: Any) -> int:
     return _size(eqn.outvars[0].aval) * math.prod(lhs.shape[d] for d in lhs_contract)
 
 
+def _channel_matmul_macs(eqn: Any) -> int:
+    """Output elements x C: ``x (..., C) @ w (C, O)``."""
+    return _size(eqn.outvars[0].aval) * eqn.invars[1].aval.shape[0]
+
+
 def _taps_macs(eqn: Any) -> int:
     """Output elements x taps: each output of a depthwise conv reads ``prod(K)`` inputs."""
     kernel = eqn.invars[1].aval  # (*K, 1, C * M)
@@ -299,6 +305,8 @@ def _walk(jaxpr: Any) -> dict[str, int]:
             _add(counts, {name: _conv_macs(eqn)})
         elif name == "dot_general":
             _add(counts, {name: _dot_macs(eqn)})
+        elif name == "channel_matmul":
+            _add(counts, {name: _channel_matmul_macs(eqn)})
         elif name == "scan":
             _add(counts, _walk(eqn.params["jaxpr"].jaxpr), eqn.params["length"])
         elif name == "while":
@@ -334,11 +342,14 @@ def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MacCount:
         so grouped and depthwise convs count ``C/G`` (not ``C``) inputs per output. Taps that
         fall on zero padding are counted, as in the analytic :func:`conv_cost` (XLA's
         ``cost_analysis`` leaves them out, so it reports fewer FLOPs for "SAME" padding).
-      * ``dot_general``: batch x free x contracting sizes (the pointwise conv, ``@``, einsum).
+      * ``dot_general``: batch x free x contracting sizes (``@``, einsum, the channels-first
+        pointwise conv).
+      * ``channel_matmul``: output elements x input channels (the channels-last pointwise
+        conv; a ``dot_general`` with its own kernel-gradient rule, ``jaxsep._channel_matmul``).
       * the taps lowering of the depthwise conv (a ``jit`` eqn named ``"depthwise_taps"`` whose
         inputs are the padded ``x`` and the ``(*K, 1, C * M)`` kernel): output elements x
         ``prod(K)``, without looking inside it. ``grouped_conv``'s "taps" lowering is
-        ``C // G`` such calls (its "split" lowering is ``G`` dense convs or dot products), so a
+        ``C // G`` such calls (its "split" lowering is ``G`` dense convs or channel matmuls), so a
         grouped conv counts ``C // G`` inputs per output under every lowering.
 
     Control flow: ``scan`` bodies count ``length`` times; ``while`` bodies count once (the trip

@@ -256,7 +256,8 @@ def test_count_macs_matches_conv_cost(case):
     assert sum(counted.by_primitive.values()) == counted.total
     assert counted.flops == 2 * counted.total
     if "pointwise" in case[0]:
-        assert counted.by_primitive == {"dot_general": counted.total}
+        primitive = "channel_matmul" if channels_last else "dot_general"
+        assert counted.by_primitive == {primitive: counted.total}
 
 
 @pytest.mark.parametrize(
@@ -264,7 +265,7 @@ def test_count_macs_matches_conv_cost(case):
     [
         ("xla", 3, "conv_general_dilated"),
         ("split", 3, "conv_general_dilated"),  # G dense convs
-        ("split", 1, "dot_general"),  # G matrix products
+        ("split", 1, "channel_matmul"),  # G matrix products
         ("taps", 3, TAPS_NAME),  # C / G depthwise taps calls
         ("taps", 1, TAPS_NAME),
     ],
@@ -325,7 +326,7 @@ def test_count_macs_depthwise_taps_counted_without_recursion():
 
     counted = count_macs(separable_taps, x, dw, pw)
     hidden = 2 * 9 * 8 * 6
-    assert counted.by_primitive == {TAPS_NAME: hidden * 9, "dot_general": hidden * 5}
+    assert counted.by_primitive == {TAPS_NAME: hidden * 9, "channel_matmul": hidden * 5}
     xla = count_macs(lambda *a: jaxsep.separable_conv(*a, impl="xla"), x, dw, pw)
     analytic = conv_cost(3, 5, 3, (9, 8), separable=True, depth_multiplier=2)
     assert counted.total == xla.total == 2 * analytic.macs
