@@ -15,8 +15,10 @@ transformation: ``jvp`` of it is two ``channel_matmul`` calls, and its two trans
 ordinary JAX code, itself differentiable to any order.
 
 Everything else is ``dot_general``'s: the lowering is ``lax.dot_general`` (so XLA, GSPMD
-sharding propagation and every backend see a plain dot), ``vmap`` over ``x`` folds the batch
-into the leading axes, and ``vmap`` over the kernel falls back to a batched ``dot_general``.
+sharding propagation and every backend see a plain dot), shapes, dtypes and explicit
+shardings come from ``dot_general``'s rules, inside ``shard_map`` the operands are cast to
+vary alike as for any binary primitive, ``vmap`` over ``x`` folds the batch into the leading
+axes, and ``vmap`` over the kernel falls back to a batched ``dot_general``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _abstract_eval(x: Any, w: Any, *, precision: Any, preferred_element_type: An
         functools.partial(_dot, precision=precision, preferred_element_type=preferred_element_type),
         x, w,
     )
-    return jax.core.ShapedArray(out.shape, out.dtype, sharding=out.sharding)
+    # x.update keeps the shard_map axes x varies over (w varies alike: see _vary_alike)
+    return x.update(shape=out.shape, dtype=out.dtype, weak_type=False, sharding=out.sharding)
 
 
 def _sharding_of(aval: Any) -> Any:
@@ -119,6 +122,24 @@ def channel_matmul(x: jax.Array, w: jax.Array, *, precision: Any = None,
     Returns:
       ``(..., O)`` in ``preferred_element_type`` (default: the dtype of ``x``).
     """
+    x, w = _vary_alike(jnp.asarray(x), jnp.asarray(w))
     return channel_matmul_p.bind(
         x, w, precision=precision, preferred_element_type=preferred_element_type
     )
+
+
+def _varying_axes(a: jax.Array) -> frozenset:
+    aval = jax.typeof(a)
+    manual = getattr(aval, "mat", None)  # jax >= 0.10; earlier versions call it ``vma``
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _vary_alike(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inside ``shard_map``, casts both operands to vary over the union of the mesh axes they
+    vary over, as JAX does for its own binary primitives: a kernel that is the same on every
+    device then gets its gradient summed over the devices by the transpose of the cast."""
+    x_axes, w_axes = _varying_axes(x), _varying_axes(w)
+    if x_axes != w_axes:
+        x = lax.pcast(x, tuple(sorted(w_axes - x_axes)), to="varying")
+        w = lax.pcast(w, tuple(sorted(x_axes - w_axes)), to="varying")
+    return x, w

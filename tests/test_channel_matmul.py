@@ -133,11 +133,16 @@ for kind in (AxisType.Explicit, AxisType.Auto):
         got = jax.jit(jax.grad(loss, (0, 1)))(xs, w)
         for g, e in zip(got, want):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+        # inside shard_map: the replicated kernel's gradient is summed over the devices
+        summed = lambda x, w: jax.lax.psum(loss(x, w), "data")
+        grad_w = jax.jit(jax.shard_map(jax.grad(summed, 1), mesh=mesh,
+                                       in_specs=(P("data"), P()), out_specs=P()))(xs, w)
+        np.testing.assert_allclose(grad_w, want[1], rtol=1e-5, atol=1e-5)
 print("ok")
 """
 
 
-def test_batch_sharded_over_two_devices_explicit_and_auto_meshes():
+def test_batch_sharded_over_two_devices_explicit_and_auto_meshes_and_shard_map():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
