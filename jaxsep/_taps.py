@@ -11,7 +11,9 @@ padded copy of ``x`` is ever made.
 The derivative is a ``jax.custom_jvp`` (so ``jax.jvp`` and higher orders keep working)
 whose tangent, ``op(dx, k) + op(x, dk)``, is written so that reverse mode's transposes are fast:
   * ``op(dx, k)`` is the pad-of-slice forward; its transpose, the input gradient, is again one
-    fused sum of padded slices of ``dy`` times kernel taps;
+    fused sum of padded slices of ``dy`` times kernel taps. Strided taps slice a phase view of
+    the input (:func:`_phase_view`), so that their transposes are plain pads rather than pads
+    with interior padding;
   * ``op(x, dk)`` runs over batch chunks of about 1 MiB (a ``lax.map`` under ``jax.checkpoint``);
     its transpose, the kernel gradient, reduces one cache-sized chunk per scan step, where
     autodiff of the plain forward would write one shifted copy of the whole batch per tap to
@@ -103,15 +105,53 @@ def _all_taps(x_shape, window, geometry: _Geometry):
             yield index, taps
 
 
-def _input_slice(x, taps, spatial_axes, strides):
-    start = [0] * x.ndim
-    limit = list(x.shape)
-    step = [1] * x.ndim
-    for axis, tap, s in zip(spatial_axes, taps, strides):
-        start[axis] = tap.start
-        limit[axis] = tap.start + (tap.count - 1) * s + 1
-        step[axis] = s
-    return lax.slice(x, start, limit, step)
+def _phase_view(x, spatial_axes, strides):
+    """``x`` with each strided spatial axis that its stride divides split into (size // s, s).
+
+    A tap's strided slice of ``x`` is then a plain slice of this view at one phase, and its
+    transpose (the input gradient) a plain pad, where the transpose of a strided slice is a pad
+    with interior padding. Measured on the CPU (batch 128, 3x3, stride 2, forward + backward):
+    0.90x the time at 32x32x64, 0.98-1.0x on the smaller MobileNet layers.
+    Returns the view and, per axis of ``x``, the stride it was split by (1: not split).
+    """
+    split = [1] * x.ndim
+    shape = []
+    for axis, size in enumerate(x.shape):
+        s = dict(zip(spatial_axes, strides)).get(axis, 1)
+        if s > 1 and size % s == 0:
+            split[axis] = s
+            shape += [size // s, s]
+        else:
+            shape.append(size)
+    return x.reshape(shape), tuple(split)
+
+
+def _phase_slice(view, split, taps, spatial_axes, strides):
+    """The input slice that kernel tap ``taps`` (one :class:`_Tap` per spatial dim) reads, taken
+    from ``view`` (see :func:`_phase_view`) and shaped as ``x`` with the tap's output counts:
+    a plain slice at one phase along split axes, a strided slice along the others."""
+    tap_of = dict(zip(spatial_axes, zip(taps, strides)))
+    start, limit, step, shape = [], [], [], []
+    for axis, s in enumerate(split):
+        size = view.shape[len(start)]
+        if axis in tap_of:
+            tap, stride = tap_of[axis]
+            if s > 1:
+                q, r = divmod(tap.start, s)
+                start += [q, r]
+                limit += [q + tap.count, r + 1]
+                step += [1, 1]
+            else:
+                start.append(tap.start)
+                limit.append(tap.start + (tap.count - 1) * stride + 1)
+                step.append(stride)
+            shape.append(tap.count)
+        else:
+            start.append(0)
+            limit.append(size)
+            step.append(1)
+            shape.append(size)
+    return lax.slice(view, start, limit, step).reshape(shape)
 
 
 def _pad_to_output(term, taps, spatial_axes):
@@ -157,8 +197,9 @@ def _forward(x, kernel, geometry: _Geometry):
         out_shape[axis if axis < channel_axis else axis + 1] = size
     split_spatial = _split_spatial_axes(spatial_axes, geometry)
     acc = jnp.zeros(out_shape, dtype)
+    view, split = _phase_view(x, spatial_axes, geometry.strides)
     for index, taps in _all_taps(x.shape, window, geometry):
-        xs = _input_slice(x, taps, spatial_axes, geometry.strides).astype(dtype)
+        xs = _phase_slice(view, split, taps, spatial_axes, geometry.strides).astype(dtype)
         xs = jnp.expand_dims(xs, channel_axis + 1)
         w = _tap_weights(kernel[index].astype(dtype), channel_axis, x.ndim, channels, multiplier)
         acc = acc + _pad_to_output(xs * w, taps, split_spatial)

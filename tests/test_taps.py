@@ -109,3 +109,25 @@ def test_kernel_gradient_row_pieces_match_xla(batch, spatial, data_format, multi
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
     for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_strided_taps_read_a_phase_view(data_format):
+    # Height 8 is split into 4 phases-of-2 pairs; width 7 is not divisible by its stride 2 and
+    # keeps strided slices; both kinds of axis in one call, forward and both gradients.
+    x_shape = (3, 8, 7, 2) if data_format == "NHWC" else (3, 2, 8, 7)
+    x, kernel = _inputs(x_shape, (3, 2, 1, 4))
+    spatial_axes = (1, 2) if data_format == "NHWC" else (2, 3)
+    view, split = _taps._phase_view(x, spatial_axes, (2, 2))
+    assert split[spatial_axes[0]] == 2 and split[spatial_axes[1]] == 1
+    assert view.ndim == x.ndim + 1
+    kwargs = dict(strides=2, padding=((2, 1), (0, 1)), dilation=(1, 2), data_format=data_format)
+    np.testing.assert_allclose(
+        jaxsep.depthwise_conv(x, kernel, impl="taps", **kwargs),
+        reference.depthwise_conv(np.asarray(x), np.asarray(kernel), **kwargs),
+        rtol=1e-5, atol=1e-5,
+    )
+    out_shape = jaxsep.depthwise_conv(x, kernel, impl="xla", **kwargs).shape
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+    for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
