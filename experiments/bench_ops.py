@@ -9,7 +9,8 @@ importable (on the CPU, or on CUDA when JAX runs on a GPU and torch sees one).
 Method (see PERF-NOTES.md): every implementation of one layer runs in the same process, in
 blocks of calls (the first call of each block dropped), the order of implementations rotated
 between rounds; the figure is the median over rounds of each round's median. Compilation is
-done before timing. Ratios are computed per round, then the median taken.
+done before timing. Ratios are computed per round, then the median taken. "fwd+bwd" returns
+the output and both gradients (input and kernel) for a given output cotangent, in JAX and torch.
 
     python experiments/bench_ops.py                # full run, writes results/bench_ops_<backend>.{json,md}
     python experiments/bench_ops.py --quick        # tiny smoke run, writes nothing unless --out
@@ -64,10 +65,14 @@ def _jax_fns(impl: str, stride: int):
     def forward(x, k):
         return jaxsep.depthwise_conv(x, k, strides=stride, impl=impl)
 
-    def loss(x, k, ct):
-        return jnp.vdot(forward(x, k), ct)
+    def forward_backward(x, k, ct):
+        # The output is returned with the gradients, as a training step keeps it (torch's
+        # forward_backward computes it too): jax.grad of a loss alone would let XLA drop the
+        # forward pass, since the gradients of this bilinear op do not need it.
+        out, vjp = jax.vjp(forward, x, k)
+        return out, vjp(ct)
 
-    return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return jax.jit(forward), jax.jit(forward_backward)
 
 
 def _torch_fns(shape, stride, device):
