@@ -23,7 +23,9 @@ whose tangent, ``op(dx, k) + op(x, dk)``, is written so that reverse mode's tran
     cotangent ``dy`` as the scan writes it out. Otherwise XLA fuses ``dy``'s producers (in a
     network, the next BatchNorm's backward) into the input-gradient loop, which reads ``dy``
     at every kernel tap and so recomputes them once per tap: the pass-through made the whole
-    MobileNetV1-CIFAR training step 0.85x as long on the CPU (widths 1.0 and 0.5).
+    MobileNetV1-CIFAR training step 0.85x as long on the CPU (widths 1.0 and 0.5). Where
+    ``dy`` is already in memory (a lone op, ``experiments/bench_ops.py``), the extra copy of
+    it costs 1.03-1.19x in forward+backward time instead.
 
 Layouts follow :mod:`jaxsep.ops`; shapes are those of ``depthwise_conv``.
 """
