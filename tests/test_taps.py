@@ -131,3 +131,23 @@ def test_strided_taps_read_a_phase_view(data_format):
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
     for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_tangent_carries_both_paths_in_forward_mode(monkeypatch):
+    # With chunking forced (3 chunks of 2 plus 1), the input path's tangent rides through the
+    # kernel-gradient map (see _depthwise_taps_jvp); forward mode must still give the bilinear
+    # tangent op(dx, k) + op(x, dk), including the remainder chunk.
+    x, kernel = _inputs((7, 6, 5, 3), (3, 3, 1, 3))
+    dx, dkernel = _inputs((7, 6, 5, 3), (3, 3, 1, 3), seed=1)
+    monkeypatch.setattr(_taps, "_KERNEL_GRAD_CHUNK_BYTES", 2 * 6 * 5 * 3 * 4)
+
+    def f(x, k):
+        return jaxsep.depthwise_conv(x, k, strides=(2, 1), impl="taps")
+
+    jaxpr = str(jax.make_jaxpr(lambda *a: jax.jvp(f, a[:2], a[2:]))(x, kernel, dx, dkernel))
+    assert "scan" in jaxpr
+    _, tangent = jax.jvp(f, (x, kernel), (dx, dkernel))
+    want = jaxsep.depthwise_conv(dx, kernel, strides=(2, 1), impl="xla") + jaxsep.depthwise_conv(
+        x, dkernel, strides=(2, 1), impl="xla"
+    )
+    np.testing.assert_allclose(tangent, want, rtol=1e-5, atol=1e-5)
