@@ -113,7 +113,7 @@ def test_kernel_gradient_row_pieces_match_xla(batch, spatial, data_format, multi
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 def test_strided_taps_read_a_phase_view(data_format):
-    # Height 8 is split into 4 phases-of-2 pairs; width 7 is not divisible by its stride 2 and
+    # Height 8 splits into a (4, 2) phase view; width 7 is not divisible by its stride 2 and
     # keeps strided slices; both kinds of axis in one call, forward and both gradients.
     x_shape = (3, 8, 7, 2) if data_format == "NHWC" else (3, 2, 8, 7)
     x, kernel = _inputs(x_shape, (3, 2, 1, 4))
