@@ -313,30 +313,30 @@ def _kernel_tangent(x, dkernel, geometry: _Geometry, plus=None):
     the whole batch per tap to fresh memory. ``plus`` (the input-gradient path's tangent, or
     None) passes through the map so that its cotangent comes out of the scan in memory.
     """
+    def with_plus(term, extra):
+        return term if extra is None else term + extra
+
     batch = x.shape[0]
     example_bytes = max(int(np.prod(x.shape[1:])) * x.dtype.itemsize, 1)
     chunk = max(1, min(batch, _KERNEL_GRAD_CHUNK_BYTES // example_bytes))
     steps, rest = divmod(batch, chunk)
     if steps <= 1:
-        out = _kernel_rows_forward(x, dkernel, geometry)
-        return out if plus is None else out + plus
+        return with_plus(_kernel_rows_forward(x, dkernel, geometry), plus)
     main = steps * chunk
 
     def chunks(a):
-        return a[:main].reshape((steps, chunk) + a.shape[1:])
+        return None if a is None else a[:main].reshape((steps, chunk) + a.shape[1:])
 
     # checkpoint: the transposed scan recomputes each chunk's padded slices instead of saving
     # them, stacked over the whole batch, as residuals of the forward scan.
-    if plus is None:
-        body = jax.checkpoint(lambda x_chunk: _kernel_rows_forward(x_chunk, dkernel, geometry))
-        out = lax.map(body, chunks(x))
-    else:
-        body = jax.checkpoint(lambda a: _kernel_rows_forward(a[0], dkernel, geometry) + a[1])
-        out = lax.map(body, (chunks(x), chunks(plus)))
+    body = jax.checkpoint(
+        lambda a: with_plus(_kernel_rows_forward(a[0], dkernel, geometry), a[1])
+    )
+    out = lax.map(body, (chunks(x), chunks(plus)))
     out = out.reshape((main,) + out.shape[2:])
     if rest:
         tail = _kernel_rows_forward(x[main:], dkernel, geometry)
-        out = jnp.concatenate([out, tail if plus is None else tail + plus[main:]])
+        out = jnp.concatenate([out, with_plus(tail, None if plus is None else plus[main:])])
     return out
 
 
