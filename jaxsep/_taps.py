@@ -219,58 +219,82 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def _kernel_rows_forward(x, kernel, geometry: _Geometry):
-    """The forward as a function of the kernel, shaped so that its transpose is fast.
-
-    Mathematically ``_forward(x, kernel)``. The output is assembled from ``group * rows``
-    interleaved pieces: piece ``(g, r)`` holds the examples ``g, g + group, ...`` and the
-    outputs ``r, r + rows, ...`` of the first spatial axis, and equals
-    ``sum_t slice_t(g, r) * B_t``, where ``slice_t(g, r)`` is one strided slice of the padded
-    input and ``B_t`` is kernel tap ``t`` broadcast once to the piece's shape. Reverse mode
-    then turns the kernel gradient into, per tap, one fused elementwise sum over the pieces of
-    ``slice_t(g, r) * dy(g, r)`` followed by a reduction over an array ``group * rows`` times
-    smaller than ``x``. The transpose of the plain forward is one full-size reduction per tap,
-    which XLA:CPU runs at a fraction of the speed of its vectorised elementwise loops.
-
-    ``rows`` and ``group`` are divisors of the first spatial output size and of the batch,
-    with ``rows * group`` at most ``_ROW_TERMS``.
-    """
-    rank, channel_axis, spatial_axes = _layout(x.shape, geometry)
-    window = kernel.shape[:rank]
-    channels = x.shape[channel_axis]
-    multiplier = kernel.shape[-1] // channels
-    dtype = _compute_dtype(x.dtype)
-    config = [(0, 0, 0)] * x.ndim
-    for axis, (lo, hi) in zip(spatial_axes, geometry.padding):
-        config[axis] = (lo, hi, 0)
-    padded = lax.pad(x, jnp.zeros((), x.dtype), config)
-    out_spatial = _out_spatial(x.shape, window, geometry)
-    batch, first = x.shape[0], spatial_axes[0]
+def _row_pieces(x_shape, kernel_shape, geometry: _Geometry):
+    """``(rows, group, piece_shape)`` of :func:`_kernel_rows_forward` for an input shape."""
+    rank, channel_axis, spatial_axes = _layout(x_shape, geometry)
+    multiplier = kernel_shape[-1] // x_shape[channel_axis]
+    out_spatial = _out_spatial(x_shape, kernel_shape[:rank], geometry)
+    batch, first = x_shape[0], spatial_axes[0]
     rows = _largest_divisor(out_spatial[0], _ROW_TERMS)
     group = _largest_divisor(batch, _ROW_TERMS // rows)
-    piece_shape = [batch // group] + list(x.shape[1:])
+    piece_shape = [batch // group] + list(x_shape[1:])
     for axis, o in zip(spatial_axes, out_spatial):
         piece_shape[axis] = o
     piece_shape[first] = out_spatial[0] // rows
     if multiplier > 1:
         piece_shape.insert(channel_axis + 1, multiplier)
+    return rows, group, tuple(piece_shape)
 
-    # All taps broadcast at once, then split: reverse mode turns the split into a concatenate
-    # of the per-tap elementwise sums, which XLA writes out before the one reduction (the
-    # transpose of the broadcast). Per-tap broadcasts would instead let XLA:CPU hand each
-    # tap's whole multiply-add chain to a YNNPACK reduction that copies out every slice.
-    indices = list(itertools.product(*(range(k) for k in window)))
+
+def _broadcast_taps(kernel, x_shape, geometry: _Geometry):
+    """The kernel's taps, each broadcast to the piece shape of :func:`_kernel_rows_forward`
+    for an input of shape ``x_shape``: a list of arrays, taps in row-major window order."""
+    rank, channel_axis, _ = _layout(x_shape, geometry)
+    channels = x_shape[channel_axis]
+    multiplier = kernel.shape[-1] // channels
+    _, _, piece_shape = _row_pieces(x_shape, kernel.shape, geometry)
+    taps = int(np.prod(kernel.shape[:rank]))
     w_shape = [1] * len(piece_shape)
     w_shape[channel_axis] = channels
     if multiplier > 1:
         w_shape[channel_axis + 1] = multiplier
-    flat = kernel.astype(dtype).reshape((len(indices), *w_shape))  # (taps, ...C[, M]...)
-    every = jnp.broadcast_to(flat, (len(indices), *piece_shape))
-    taps = [(index, part[0]) for index, part in zip(indices, lax.split(every, [1] * len(indices), axis=0))]
+    # All taps broadcast at once, then split: reverse mode turns the split into a concatenate
+    # of the per-tap elementwise sums, which XLA writes out before the one reduction (the
+    # transpose of the broadcast). Per-tap broadcasts would instead let XLA:CPU hand each
+    # tap's whole multiply-add chain to a YNNPACK reduction that copies out every slice.
+    flat = kernel.astype(_compute_dtype(kernel.dtype)).reshape((taps, *w_shape))
+    every = jnp.broadcast_to(flat, (taps, *piece_shape))
+    return [part[0] for part in lax.split(every, [1] * taps, axis=0)]
+
+
+def _kernel_rows_forward(x, kernel_shape, taps, geometry: _Geometry):
+    """The forward as a function of the kernel, shaped so that its transpose is fast.
+
+    Mathematically ``_forward(x, kernel)``, given the kernel's shape and its ``taps``
+    broadcast by :func:`_broadcast_taps` (for ``x.shape``). The output is assembled from
+    ``group * rows`` interleaved pieces: piece ``(g, r)`` holds the examples
+    ``g, g + group, ...`` and the outputs ``r, r + rows, ...`` of the first spatial axis, and
+    equals ``sum_t slice_t(g, r) * B_t``, where ``slice_t(g, r)`` is one strided slice of the
+    padded input and ``B_t`` is broadcast tap ``t``. Reverse mode then turns the kernel
+    gradient into, per tap, one fused elementwise sum over the pieces of
+    ``slice_t(g, r) * dy(g, r)`` followed by a reduction over an array ``group * rows`` times
+    smaller than ``x`` (the transpose of the broadcast). The transpose of the plain forward is
+    one full-size reduction per tap, which XLA:CPU runs at a fraction of the speed of its
+    vectorised elementwise loops.
+
+    ``rows`` and ``group`` are divisors of the first spatial output size and of the batch,
+    with ``rows * group`` at most ``_ROW_TERMS``.
+    """
+    rank, channel_axis, spatial_axes = _layout(x.shape, geometry)
+    window = kernel_shape[:rank]
+    multiplier = kernel_shape[-1] // x.shape[channel_axis]
+    dtype = _compute_dtype(x.dtype)
+    config = [(0, 0, 0)] * x.ndim
+    for axis, (lo, hi) in zip(spatial_axes, geometry.padding):
+        config[axis] = (lo, hi, 0)
+    # The barrier keeps every tap reading the padded copy. Otherwise XLA rewrites the taps
+    # that read no padding into slices of x itself, which inside the kernel-gradient scan is a
+    # dynamic slice of the scan input; XLA:CPU compiles a loop that reads a dynamic slice to
+    # scalar code (it reloads the index per element), and those taps ran 3x slower.
+    padded = lax.optimization_barrier(lax.pad(x, jnp.zeros((), x.dtype), config))
+    out_spatial = _out_spatial(x.shape, window, geometry)
+    batch, first = x.shape[0], spatial_axes[0]
+    rows, group, piece_shape = _row_pieces(x.shape, kernel_shape, geometry)
+    indexed = list(zip(itertools.product(*(range(k) for k in window)), taps))
 
     def piece(g, r):
         acc = None
-        for index, b in taps:
+        for index, b in indexed:
             start, limit, step = [g] + [0] * (x.ndim - 1), list(padded.shape), [group] + [1] * (x.ndim - 1)
             for axis, t, o, s, d in zip(spatial_axes, index, out_spatial, geometry.strides, geometry.dilation):
                 start[axis], step[axis] = t * d, s
@@ -309,33 +333,37 @@ def _kernel_tangent(x, dkernel, geometry: _Geometry, plus=None):
     """``_forward(x, dkernel) + plus`` mapped over batch chunks of about 1 MiB of ``x``.
 
     Only its transpose matters for speed: reverse mode turns the map into a scan that adds one
-    cache-sized chunk's per-tap reductions per step, instead of writing one shifted copy of
-    the whole batch per tap to fresh memory. ``plus`` (the input-gradient path's tangent, or
-    None) passes through the map so that its cotangent comes out of the scan in memory.
+    cache-sized chunk's per-tap products per step, instead of writing one shifted copy of
+    the whole batch per tap to fresh memory. The kernel taps are broadcast before the map, so
+    the scan carries each tap's elementwise sum and reduces it once after the loop, not once
+    per chunk. ``plus`` (the input-gradient path's tangent, or None) passes through the map
+    so that its cotangent comes out of the scan in memory.
     """
     def with_plus(term, extra):
         return term if extra is None else term + extra
+
+    def rows_forward(a, taps):
+        return _kernel_rows_forward(a, dkernel.shape, taps, geometry)
 
     batch = x.shape[0]
     example_bytes = max(int(np.prod(x.shape[1:])) * x.dtype.itemsize, 1)
     chunk = max(1, min(batch, _KERNEL_GRAD_CHUNK_BYTES // example_bytes))
     steps, rest = divmod(batch, chunk)
     if steps <= 1:
-        return with_plus(_kernel_rows_forward(x, dkernel, geometry), plus)
+        return with_plus(rows_forward(x, _broadcast_taps(dkernel, x.shape, geometry)), plus)
     main = steps * chunk
 
     def chunks(a):
         return None if a is None else a[:main].reshape((steps, chunk) + a.shape[1:])
 
+    taps = _broadcast_taps(dkernel, (chunk,) + x.shape[1:], geometry)
     # checkpoint: the transposed scan recomputes each chunk's padded slices instead of saving
     # them, stacked over the whole batch, as residuals of the forward scan.
-    body = jax.checkpoint(
-        lambda a: with_plus(_kernel_rows_forward(a[0], dkernel, geometry), a[1])
-    )
+    body = jax.checkpoint(lambda a: with_plus(rows_forward(a[0], taps), a[1]))
     out = lax.map(body, (chunks(x), chunks(plus)))
     out = out.reshape((main,) + out.shape[2:])
     if rest:
-        tail = _kernel_rows_forward(x[main:], dkernel, geometry)
+        tail = rows_forward(x[main:], _broadcast_taps(dkernel, x[main:].shape, geometry))
         out = jnp.concatenate([out, with_plus(tail, None if plus is None else plus[main:])])
     return out
 
