@@ -14,18 +14,19 @@ whose tangent, ``op(dx, k) + op(x, dk)``, is written so that reverse mode's tran
     fused sum of padded slices of ``dy`` times kernel taps. Strided taps slice a phase view of
     the input (:func:`_phase_view`), so that their transposes are plain pads rather than pads
     with interior padding;
-  * ``op(x, dk)`` runs over batch chunks of about 1 MiB (a ``lax.map`` under ``jax.checkpoint``);
-    its transpose, the kernel gradient, reduces one cache-sized chunk per scan step, where
-    autodiff of the plain forward would write one shifted copy of the whole batch per tap to
-    fresh memory (2-4x slower on CPU). Within a chunk it is built from row pieces
-    (:func:`_kernel_rows_forward`) so that most of the reduction is fused elementwise adds;
-  * ``op(dx, k)`` is added inside that map, so reverse mode hands the input gradient the
-    cotangent ``dy`` as the scan writes it out. Otherwise XLA fuses ``dy``'s producers (in a
-    network, the next BatchNorm's backward) into the input-gradient loop, which reads ``dy``
-    at every kernel tap and so recomputes them once per tap: the pass-through made the whole
-    MobileNetV1-CIFAR training step 0.85x as long on the CPU (widths 1.0 and 0.5). Where
-    ``dy`` is already in memory (a lone op, ``experiments/bench_ops.py``), the extra copy of
-    it costs 1.03-1.19x in forward+backward time instead.
+  * ``op(x, dk)`` runs over batch chunks of about 1 MiB (a ``lax.scan`` under
+    ``jax.checkpoint``); its transpose, the kernel gradient, works through one cache-sized
+    chunk per step, where autodiff of the plain forward would write one shifted copy of the
+    whole batch per tap to fresh memory (2-4x slower on CPU). Within a chunk it is built from
+    row pieces (:func:`_kernel_rows_forward`) so that most of the reduction is fused
+    elementwise adds;
+  * ``op(dx, k)`` rides through that scan as an unchanged carry, so reverse mode hands the
+    input gradient the cotangent ``dy`` as the loop's output. Otherwise XLA fuses ``dy``'s
+    producers (in a network, the next BatchNorm's backward) into the input-gradient loop,
+    which reads ``dy`` at every kernel tap and so recomputes them once per tap: the whole
+    MobileNetV1-CIFAR training step on the CPU took 1.06-1.18x as long without the carry. A
+    carry is updated in place, so on a lone op (``experiments/bench_ops.py``) it costs
+    nothing (0.90-1.04x the forward+backward time of the version without it).
 
 Layouts follow :mod:`jaxsep.ops`; shapes are those of ``depthwise_conv``.
 """
@@ -330,42 +331,39 @@ def _depthwise_taps(x, kernel, geometry):
 
 
 def _kernel_tangent(x, dkernel, geometry: _Geometry, plus=None):
-    """``_forward(x, dkernel) + plus`` mapped over batch chunks of about 1 MiB of ``x``.
+    """``_forward(x, dkernel) + plus`` computed over batch chunks of about 1 MiB of ``x``.
 
-    Only its transpose matters for speed: reverse mode turns the map into a scan that adds one
-    cache-sized chunk's per-tap products per step, instead of writing one shifted copy of
-    the whole batch per tap to fresh memory. The kernel taps are broadcast before the map, so
-    the scan carries each tap's elementwise sum and reduces it once after the loop, not once
-    per chunk. ``plus`` (the input-gradient path's tangent, or None) passes through the map
-    so that its cotangent comes out of the scan in memory.
+    Only its transpose matters for speed: reverse mode turns the scan over chunks into one
+    that adds a cache-sized chunk's per-tap products per step, instead of writing one shifted
+    copy of the whole batch per tap to fresh memory. The kernel taps are broadcast before the
+    scan, so it carries each tap's elementwise sum and reduces it once after the loop, not
+    once per chunk. ``plus`` (the input-gradient path's tangent, or None) rides through the
+    scan as an unchanged carry: in reverse mode its cotangent, the ``dy`` that the input
+    gradient reads, is then the loop's output, a buffer XLA cannot fuse ``dy``'s producers
+    into (see the module docstring), at no cost (a loop carry is updated in place).
     """
-    def with_plus(term, extra):
-        return term if extra is None else term + extra
-
-    def rows_forward(a, taps):
-        return _kernel_rows_forward(a, dkernel.shape, taps, geometry)
+    def rows_forward(a):
+        return _kernel_rows_forward(a, dkernel.shape, _broadcast_taps(dkernel, a.shape, geometry), geometry)
 
     batch = x.shape[0]
     example_bytes = max(int(np.prod(x.shape[1:])) * x.dtype.itemsize, 1)
     chunk = max(1, min(batch, _KERNEL_GRAD_CHUNK_BYTES // example_bytes))
     steps, rest = divmod(batch, chunk)
     if steps <= 1:
-        return with_plus(rows_forward(x, _broadcast_taps(dkernel, x.shape, geometry)), plus)
+        out = rows_forward(x)
+        return out if plus is None else out + plus
     main = steps * chunk
-
-    def chunks(a):
-        return None if a is None else a[:main].reshape((steps, chunk) + a.shape[1:])
-
     taps = _broadcast_taps(dkernel, (chunk,) + x.shape[1:], geometry)
     # checkpoint: the transposed scan recomputes each chunk's padded slices instead of saving
     # them, stacked over the whole batch, as residuals of the forward scan.
-    body = jax.checkpoint(lambda a: with_plus(rows_forward(a[0], taps), a[1]))
-    out = lax.map(body, (chunks(x), chunks(plus)))
+    body = jax.checkpoint(
+        lambda carry, a: (carry, _kernel_rows_forward(a, dkernel.shape, taps, geometry))
+    )
+    plus, out = lax.scan(body, plus, x[:main].reshape((steps, chunk) + x.shape[1:]))
     out = out.reshape((main,) + out.shape[2:])
     if rest:
-        tail = rows_forward(x[main:], _broadcast_taps(dkernel, x[main:].shape, geometry))
-        out = jnp.concatenate([out, with_plus(tail, None if plus is None else plus[main:])])
-    return out
+        out = jnp.concatenate([out, rows_forward(x[main:])])
+    return out if plus is None else out + plus
 
 
 @functools.partial(_depthwise_taps.defjvp, symbolic_zeros=True)

@@ -37,7 +37,7 @@ def test_chunked_kernel_gradient_matches_xla(monkeypatch, batch):
     assert "scan" in str(jaxpr)  # the chunked path really ran
     for got, want in zip(_grads("taps", x, kernel, ct, **kwargs), _grads("xla", x, kernel, ct, **kwargs)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    # the kernel alone: the map then carries no input-path tangent
+    # the kernel alone: the scan then carries no input-path tangent
     def kernel_grad(impl):
         return jax.grad(lambda k: jnp.vdot(jaxsep.depthwise_conv(x, k, impl=impl, **kwargs), ct))(kernel)
 
@@ -140,7 +140,7 @@ def test_strided_taps_read_a_phase_view(data_format):
 
 def test_chunked_tangent_carries_both_paths_in_forward_mode(monkeypatch):
     # With chunking forced (3 chunks of 2 plus 1), the input path's tangent rides through the
-    # kernel-gradient map (see _depthwise_taps_jvp); forward mode must still give the bilinear
+    # kernel-gradient scan as a carry (see _kernel_tangent); forward mode must still give the bilinear
     # tangent op(dx, k) + op(x, dk), including the remainder chunk.
     x, kernel = _inputs((7, 6, 5, 3), (3, 3, 1, 3))
     dx, dkernel = _inputs((7, 6, 5, 3), (3, 3, 1, 3), seed=1)
