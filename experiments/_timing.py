@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 
+import jaxsep
 from jaxsep import host_memory
 from jaxsep._io import atomic_write
 
@@ -46,10 +47,30 @@ def host_memory_note(report: Mapping) -> str:
             f"`{report.get('glibc_tunables') or ''}`")
 
 
-def compile_timed(fn, *args):
-    """``(fn.lower(*args).compile(), seconds it took)`` for a jitted ``fn``."""
+def add_compiler_options_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--default-compiler-options", action="store_true",
+        help="compile the JAX programs with XLA's defaults (by default they get "
+        "jaxsep.compiler_options(), as jaxsep train compiles its steps)",
+    )
+
+
+def compiler_options_from(args: argparse.Namespace) -> dict:
+    """The XLA compiler options the benchmark compiles its JAX programs with."""
+    return {} if args.default_compiler_options else jaxsep.compiler_options()
+
+
+def compiler_options_note(report: Mapping) -> str:
+    """One phrase for a report's header: the JAX programs' compiler options."""
+    options = report.get("compiler_options") or {}
+    listed = ", ".join(f"`{k}={v}`" for k, v in options.items())
+    return f"XLA compiler options {listed}" if listed else "XLA's default compiler options"
+
+
+def compile_timed(fn, *args, compiler_options=None):
+    """``(fn.lower(*args).compile(compiler_options), seconds it took)`` for a jitted ``fn``."""
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile(compiler_options=compiler_options or None)
     return compiled, time.perf_counter() - start
 
 

@@ -12,6 +12,11 @@ between rounds; the figure is the median over rounds of each round's median. Com
 done before timing. Ratios are computed per round, then the median taken. "fwd+bwd" returns
 the output and both gradients (input and kernel) for a given output cotangent, in JAX and torch.
 
+The JAX rows are compiled as a plain ``jax.jit`` compiles them (XLA's default options). Where
+``jaxsep.compiler_options()`` has options for the backend (the CPU: 512-bit vectors), ``auto``
+is measured a second time compiled with them, as ``auto+opts`` (what ``jaxsep train`` and a
+user who passes the options get); ``--default-compiler-options`` skips that second row.
+
     python experiments/bench_ops.py                # full run, writes results/bench_ops_<backend>.{json,md}
     python experiments/bench_ops.py --quick        # tiny smoke run, writes nothing unless --out
 
@@ -41,6 +46,8 @@ from _timing import (
     add_host_memory_flag,
     apply_host_memory,
     host_memory_note,
+    add_compiler_options_flag,
+    compiler_options_from,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -99,7 +106,7 @@ def _torch_fns(shape, stride, device):
     return forward, forward_backward
 
 
-def bench_layer(shape, stride, *, rounds, calls, torch_device):
+def bench_layer(shape, stride, *, rounds, calls, torch_device, compiler_options=None):
     key = jax.random.key(0)
     x = jax.random.normal(key, shape, jnp.float32)
     k = jax.random.normal(jax.random.fold_in(key, 1), (3, 3, 1, shape[-1]), jnp.float32)
@@ -114,6 +121,14 @@ def bench_layer(shape, stride, *, rounds, calls, torch_device):
         fwd_bwd, compile_s[f"{impl} fwd+bwd"] = compile_timed(fwd_bwd, x, k, ct)
         calls_by_name[f"{impl} fwd"] = lambda f=fwd: f(x, k).block_until_ready()
         calls_by_name[f"{impl} fwd+bwd"] = lambda f=fwd_bwd: jax.block_until_ready(f(x, k, ct))
+    if compiler_options:
+        fwd, fwd_bwd = _jax_fns("auto", stride)
+        fwd, compile_s["auto+opts fwd"] = compile_timed(fwd, x, k, compiler_options=compiler_options)
+        fwd_bwd, compile_s["auto+opts fwd+bwd"] = compile_timed(
+            fwd_bwd, x, k, ct, compiler_options=compiler_options
+        )
+        calls_by_name["auto+opts fwd"] = lambda f=fwd: f(x, k).block_until_ready()
+        calls_by_name["auto+opts fwd+bwd"] = lambda f=fwd_bwd: jax.block_until_ready(f(x, k, ct))
     copy, _ = compile_timed(jax.jit(lambda x: x * 1.5), x)
     calls_by_name["copy"] = lambda: copy(x).block_until_ready()
     if torch_device:
@@ -142,6 +157,8 @@ def bench_layer(shape, stride, *, rounds, calls, torch_device):
             "xla/auto fwd+bwd": ratio("xla fwd+bwd", "auto fwd+bwd"),
             "auto/torch fwd": ratio("auto fwd", "torch CL fwd"),
             "auto/torch fwd+bwd": ratio("auto fwd+bwd", "torch CL fwd+bwd"),
+            "auto+opts/torch fwd": ratio("auto+opts fwd", "torch CL fwd"),
+            "auto+opts/torch fwd+bwd": ratio("auto+opts fwd+bwd", "torch CL fwd+bwd"),
         },
         "bandwidth": bandwidth,
     }
@@ -151,8 +168,13 @@ def _fmt(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _options_text(report) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in report["compiler_options"].items())
+
+
 def markdown(report) -> str:
     has_torch = report["torch"] is not None
+    has_opts = bool(report.get("compiler_options")) and has_torch
     lines = [
         f"# Depthwise lowering benchmark ({report['backend']}: {report['device']})",
         "",
@@ -163,8 +185,9 @@ def markdown(report) -> str:
         "",
         "| layer | xla fwd ms | auto fwd ms | xla/auto fwd | xla fwd+bwd ms | auto fwd+bwd ms | "
         "xla/auto fwd+bwd | auto GB/s | / copy GB/s |"
-        + (" torch CL fwd ms | torch CL fwd+bwd ms | auto/torch fwd | auto/torch fwd+bwd |" if has_torch else ""),
-        "|---" * (9 + (4 if has_torch else 0)) + "|",
+        + (" torch CL fwd ms | torch CL fwd+bwd ms | auto/torch fwd | auto/torch fwd+bwd |" if has_torch else "")
+        + (" auto+opts fwd ms | auto+opts fwd+bwd ms | auto+opts/torch fwd | auto+opts/torch fwd+bwd |" if has_opts else ""),
+        "|---" * (9 + (4 if has_torch else 0) + (4 if has_opts else 0)) + "|",
     ]
     for row in report["layers"]:
         ms, sp, bw = row["ms"], row["speedup"], row["bandwidth"]
@@ -179,6 +202,11 @@ def markdown(report) -> str:
                 f" {_fmt(ms.get('torch CL fwd'))} | {_fmt(ms.get('torch CL fwd+bwd'))} | "
                 f"{_fmt(sp['auto/torch fwd'])}x | {_fmt(sp['auto/torch fwd+bwd'])}x |"
             )
+        if has_opts:
+            line += (
+                f" {_fmt(ms.get('auto+opts fwd'))} | {_fmt(ms.get('auto+opts fwd+bwd'))} | "
+                f"{_fmt(sp.get('auto+opts/torch fwd'))}x | {_fmt(sp.get('auto+opts/torch fwd+bwd'))}x |"
+            )
         lines.append(line)
     totals = report["totals"]
     lines += [
@@ -191,11 +219,21 @@ def markdown(report) -> str:
             f"{totals['auto/torch fwd+bwd']:.2f}x (above 1: slower than torch)."
             if has_torch
             else "."
+        )
+        + (
+            f" Compiled with `jaxsep.compiler_options()` ({_options_text(report)}), auto/torch "
+            f"forward {totals['auto+opts/torch fwd']:.2f}x, forward+backward "
+            f"{totals['auto+opts/torch fwd+bwd']:.2f}x."
+            if has_opts
+            else ""
         ),
         "",
         "`auto` is the lowering `impl=\"auto\"` picks on this backend "
         f"(`{report['auto_impl']}`); `GB/s` is (input + output bytes) / time, `/ copy` divides it "
-        "by the bandwidth of `1.5 * x` on the same input.",
+        "by the bandwidth of `1.5 * x` on the same input. The JAX columns are compiled with "
+        "XLA's default options (a plain `jax.jit`)"
+        + ("; `auto+opts` is `auto` compiled with `jaxsep.compiler_options()`, as `jaxsep train` "
+           "compiles its step." if has_opts else "."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -209,6 +247,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: experiments/results; --quick writes only with --out)")
     add_host_memory_flag(parser)
+    add_compiler_options_flag(parser)
     args = parser.parse_args(argv)
     memory = apply_host_memory(args)  # before the first JAX computation
 
@@ -230,12 +269,14 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "calls": args.calls,
         **memory,
+        "compiler_options": compiler_options_from(args),
         "auto_impl": choose_impl(x_probe, None, None),
         "command": "python experiments/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "layers": [],
     }
     for h, w, c, s in layers:
-        row = bench_layer((batch, h, w, c), s, rounds=args.rounds, calls=args.calls, torch_device=torch_device)
+        row = bench_layer((batch, h, w, c), s, rounds=args.rounds, calls=args.calls, torch_device=torch_device,
+                          compiler_options=report["compiler_options"])
         report["layers"].append(row)
         ms, sp = row["ms"], row["speedup"]
         print(
@@ -255,6 +296,9 @@ def main(argv=None) -> int:
         "auto/torch fwd": total("auto fwd") / total("torch CL fwd") if torch_device else None,
         "auto/torch fwd+bwd": total("auto fwd+bwd") / total("torch CL fwd+bwd") if torch_device else None,
     }
+    if torch_device and report["compiler_options"]:
+        report["totals"]["auto+opts/torch fwd"] = total("auto+opts fwd") / total("torch CL fwd")
+        report["totals"]["auto+opts/torch fwd+bwd"] = total("auto+opts fwd+bwd") / total("torch CL fwd+bwd")
     table = markdown(report)
     print(table)
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)

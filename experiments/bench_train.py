@@ -20,7 +20,10 @@ Method (see PERF-NOTES.md): everything runs in one process; each round times a b
 block dropped), the order rotated between rounds; a round's figure is the median of its
 kept calls, and the report the median over rounds. Ratios are taken per round, then the
 median. Compilation (``jit(...).lower(...).compile()``) is timed on its own, never inside a
-timed call. Run it on an otherwise idle machine. Like ``jaxsep train``, it first calls
+timed call. Run it on an otherwise idle machine. Both JAX steps are compiled with
+``jaxsep.compiler_options()``, as ``jaxsep train`` compiles its step (on the CPU: 512-bit
+vectors; ``--default-compiler-options`` compiles with XLA's defaults). Like ``jaxsep train``,
+it first calls
 ``jaxsep.host_memory.reuse_host_memory()`` (glibc keeps freed host memory for the next step;
 process-wide, so torch runs under it too); ``--no-reuse-host-memory`` measures without.
 
@@ -57,6 +60,9 @@ from _timing import (
     add_host_memory_flag,
     apply_host_memory,
     host_memory_note,
+    add_compiler_options_flag,
+    compiler_options_from,
+    compiler_options_note,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,7 +110,9 @@ class FlaxMobileNetV1(nnx.Module):
 # JAX: the jaxsep.train step over either model
 
 
-def _jax_trainer(make: Callable[[], nnx.Module], batch: int, data: jdata.Dataset, mesh):
+def _jax_trainer(
+    make: Callable[[], nnx.Module], batch: int, data: jdata.Dataset, mesh, compiler_options=None
+):
     """(compile seconds, a function running one synchronized train step)."""
     abstract = nnx.eval_shape(make)
     graphdef, _ = nnx.split(abstract)
@@ -142,7 +150,7 @@ def _jax_trainer(make: Callable[[], nnx.Module], batch: int, data: jdata.Dataset
     compiled = S.jit_train_step.lower(
         graphdef, spec, state, rest, images, labels, order, scalars["epoch", 0],
         scalars["step", 0], scalars["lr", LR],
-    ).compile()
+    ).compile(compiler_options=compiler_options or None)
     compile_seconds = time.perf_counter() - start
     counter = iter(range(1 << 62))
 
@@ -210,16 +218,18 @@ def _torch_version() -> str | None:
 # Timing
 
 
-def bench_width(width: float, *, batch: int, steps: int, rounds: int, torch: bool) -> dict:
+def bench_width(
+    width: float, *, batch: int, steps: int, rounds: int, torch: bool, compiler_options=None
+) -> dict:
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (S.DATA_AXIS,))
     data = jdata.synthetic_cifar10(num_train=batch * NUM_BATCHES, num_test=1)
     trainers, compile_s = {}, {}
     compile_s["jaxsep"], trainers["jaxsep"] = _jax_trainer(
         lambda: models.create("mobilenet_v1", variant="cifar", width_multiplier=width),
-        batch, data, mesh,
+        batch, data, mesh, compiler_options,
     )
     compile_s["flax grouped"], trainers["flax grouped"] = _jax_trainer(
-        lambda: FlaxMobileNetV1(width, rngs=nnx.Rngs(0)), batch, data, mesh
+        lambda: FlaxMobileNetV1(width, rngs=nnx.Rngs(0)), batch, data, mesh, compiler_options
     )
     if torch:
         compile_s["torch CL"], trainers["torch CL"] = _torch_trainer(width, batch)
@@ -254,7 +264,8 @@ def markdown(report: dict) -> str:
         f"MobileNetV1-CIFAR (separable), batch {report['batch']}, float32, SGD (Nesterov "
         f"momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}); jax {report['jax']}, flax "
         f"{report['flax']}, torch {report['torch'] or 'not installed'}; medians of "
-        f"{report['rounds']} rounds x {report['steps']} steps; {host_memory_note(report)}. "
+        f"{report['rounds']} rounds x {report['steps']} steps; {host_memory_note(report)}; "
+        f"{compiler_options_note(report)}. "
         f"Command: `{report['command']}`.",
         "",
         "| width | jaxsep img/s | flax grouped img/s | jaxsep / flax grouped |"
@@ -294,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="results folder (default experiments/results; --quick writes "
                         "only with --out)")
     add_host_memory_flag(parser)
+    add_compiler_options_flag(parser)
     args = parser.parse_args(argv)
     memory = apply_host_memory(args)  # before the first JAX computation
     if args.quick:
@@ -312,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "rounds": args.rounds,
         **memory,
+        "compiler_options": compiler_options_from(args),
         "command": "python experiments/bench_train.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "widths": [],
     }
     for width in args.widths:
         row = bench_width(width, batch=args.batch_size, steps=args.steps, rounds=args.rounds,
-                          torch=torch_version is not None)
+                          torch=torch_version is not None,
+                          compiler_options=report["compiler_options"])
         report["widths"].append(row)
         ips = row["images_per_second"]
         print(

@@ -15,5 +15,6 @@ from jaxsep.algebra import (
 from jaxsep import cost as cost
 from jaxsep import nn as nn, models as models
 from jaxsep.summary import summary as summary
+from jaxsep.xla_options import compiler_options as compiler_options
 
 __version__ = "0.1.0"

@@ -65,6 +65,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsep import cost, data as jdata, models
 from jaxsep._io import atomic_write
+from jaxsep.xla_options import compiler_options
 from jaxsep.train import steps as S
 from jaxsep.train.config import (
     RESUMABLE_FIELDS,
@@ -651,7 +652,7 @@ class _Evaluator:
         self.compiled = S.jit_eval_step.lower(
             self.setup.eval_graphdef, self.setup.eval_spec, params, batch_stats,
             self.setup.rest, self.images, self.labels, self.starts[0], self.num_valid,
-        ).compile()
+        ).compile(compiler_options=compiler_options())
         self.compile_seconds = time.perf_counter() - start
 
     def __call__(self, params: Any, batch_stats: Any) -> tuple[float, float]:
@@ -867,7 +868,7 @@ class _Trainer:
             setup.train_graphdef, self.spec, self.state, setup.rest, self.images, self.labels,
             jax.ShapeDtypeStruct((self.used,), jnp.int32, sharding=replicated),
             self._scalar(0, np.int32), self._scalar(0, np.int32), self._scalar(0.0, np.float32),
-        ).compile()
+        ).compile(compiler_options=compiler_options())
         self.evaluator.compile(self.state["params"], self.state["batch_stats"])
         self.compile_seconds = time.perf_counter() - start
         logger.info("compiled the train and eval steps in %.1f s", self.compile_seconds)
