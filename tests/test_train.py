@@ -331,6 +331,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
 
 
+def test_steps_are_compiled_with_jaxsep_compiler_options(tmp_path, monkeypatch):
+    # The train step is compiled with jaxsep.compiler_options(): an option XLA does not know
+    # must reach XLA's compiler and be refused there.
+    asked = []
+
+    def options():
+        asked.append(True)
+        return {"xla_jaxsep_test_no_such_option": 1}
+
+    monkeypatch.setattr(train_loop, "compiler_options", options)
+    with pytest.raises(Exception, match="xla_jaxsep_test_no_such_option"):
+        train.train_and_evaluate(tiny_config(tmp_path / "run", epochs=1))
+    assert asked
+
+
 def test_restore_best_and_save_best_round_trip(reference_run, tmp_path):
     out, summary = reference_run
     stored, stored_meta = train.load_checkpoint(out, which="best")
