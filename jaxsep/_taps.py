@@ -286,7 +286,7 @@ def _kernel_rows_forward(x, kernel_shape, taps, geometry: _Geometry):
     # The barrier keeps every tap reading the padded copy. Otherwise XLA rewrites the taps
     # that read no padding into slices of x itself, which inside the kernel-gradient scan is a
     # dynamic slice of the scan input; XLA:CPU compiles a loop that reads a dynamic slice to
-    # scalar code (it reloads the index per element), and those taps ran 3x slower.
+    # scalar code (it reloads the index per element), and those taps ran 2-5x slower.
     padded = lax.optimization_barrier(lax.pad(x, jnp.zeros((), x.dtype), config))
     out_spatial = _out_spatial(x.shape, window, geometry)
     batch, first = x.shape[0], spatial_axes[0]
