@@ -60,10 +60,14 @@ def compiler_options_from(args: argparse.Namespace) -> dict:
     return {} if args.default_compiler_options else jaxsep.compiler_options()
 
 
+def compiler_options_text(options: Mapping) -> str:
+    """Compiler options as Markdown: "`name=value`, ..." (empty for none)."""
+    return ", ".join(f"`{k}={v}`" for k, v in options.items())
+
+
 def compiler_options_note(report: Mapping) -> str:
     """One phrase for a report's header: the JAX programs' compiler options."""
-    options = report.get("compiler_options") or {}
-    listed = ", ".join(f"`{k}={v}`" for k, v in options.items())
+    listed = compiler_options_text(report.get("compiler_options") or {})
     return f"XLA compiler options {listed}" if listed else "XLA's default compiler options"
 
 

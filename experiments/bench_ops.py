@@ -48,6 +48,7 @@ from _timing import (
     host_memory_note,
     add_compiler_options_flag,
     compiler_options_from,
+    compiler_options_text,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -168,10 +169,6 @@ def _fmt(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def _options_text(report) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in report["compiler_options"].items())
-
-
 def markdown(report) -> str:
     has_torch = report["torch"] is not None
     has_opts = bool(report.get("compiler_options")) and has_torch
@@ -221,7 +218,7 @@ def markdown(report) -> str:
             else "."
         )
         + (
-            f" Compiled with `jaxsep.compiler_options()` ({_options_text(report)}), auto/torch "
+            f" Compiled with `jaxsep.compiler_options()` ({compiler_options_text(report['compiler_options'])}), auto/torch "
             f"forward {totals['auto+opts/torch fwd']:.2f}x, forward+backward "
             f"{totals['auto+opts/torch fwd+bwd']:.2f}x."
             if has_opts
