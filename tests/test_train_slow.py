@@ -86,11 +86,13 @@ def test_trains_briefly_on_real_cifar10(tmp_path):
         pytest.skip(f"no CIFAR-10: set JAXSEP_CIFAR10, or put it in $JAXSEP_DATA_DIR ({error})")
     config = tiny_config(
         tmp_path / "run", dataset="cifar10", data_dir=source, max_train_examples=2048,
-        max_test_examples=500, batch_size=64, epochs=2, lr=0.1, schedule="cosine",
-        warmup_epochs=0.0, dropout=None, augment=True,
+        max_test_examples=500, batch_size=64, epochs=8, lr=0.05, schedule="cosine",
+        warmup_epochs=1.0, dropout=None, augment=True,
     )
     summary = train.train_and_evaluate(config)
     assert summary["dataset"].startswith("cifar10") and summary["num_test"] == 500
-    # Two short epochs from scratch: clearly better than chance (0.1, and a loss of ln 10 =
-    # 2.30); measured 0.19 and 2.17.
-    assert summary["final_test_accuracy"] > 0.15 and summary["final_test_loss"] < 2.25
+    # 256 steps from scratch: clearly better than chance (0.1, and a loss of ln 10 = 2.30).
+    # Over seeds 0-5 measured 0.28-0.35 and 1.77-1.92; the bounds sit 3 standard errors of a
+    # 500-example accuracy below the worst seed. (Two epochs at lr 0.1 were too few: a change
+    # in rounding moved seed 0 from 0.19 to 0.14, chance-level noise.)
+    assert summary["final_test_accuracy"] > 0.22 and summary["final_test_loss"] < 2.05
