@@ -218,7 +218,8 @@ def markdown(report) -> str:
             else "."
         )
         + (
-            f" Compiled with `jaxsep.compiler_options()` ({compiler_options_text(report['compiler_options'])}), auto/torch "
+            " Compiled with `jaxsep.compiler_options()` "
+            f"({compiler_options_text(report['compiler_options'])}), auto/torch "
             f"forward {totals['auto+opts/torch fwd']:.2f}x, forward+backward "
             f"{totals['auto+opts/torch fwd+bwd']:.2f}x."
             if has_opts
