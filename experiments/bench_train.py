@@ -118,7 +118,7 @@ def _jax_trainer(
     graphdef, _ = nnx.split(abstract)
     mask = weight_decay_mask(abstract)  # depthwise kernels, biases and norms are not decayed
     spec = S.StepSpec(
-        batch_size=batch, num_classes=10, seed=0, augment=True, resolution=None,
+        batch_size=batch, num_classes=10, seed=0, augment=True, cutout=0, resolution=None,
         compute_dtype="float32", label_smoothing=0.0, optimizer="sgd",
         weight_decay=WEIGHT_DECAY, momentum=MOMENTUM, nesterov=True, adam_b1=0.9,
         adam_b2=0.999, decay_mask=tuple(bool(b) for b in jax.tree.leaves(mask)), mesh=mesh,

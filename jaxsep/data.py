@@ -41,9 +41,9 @@ anything a later run would mistake for data.
 Arrays
 ------
 ``Dataset`` holds host (NumPy) arrays: images uint8 NHWC (N, 32, 32, 3), labels int32 (N,).
-``augment``, ``normalize``, ``batch_key`` and ``resize`` are JAX functions meant to run on
-the accelerator inside a jitted training step; ``epoch_permutation``, ``subset`` and
-``num_batches`` are deterministic host-side helpers.
+``augment``, ``cutout``, ``normalize``, ``batch_key`` and ``resize`` are JAX functions meant
+to run on the accelerator inside a jitted training step; ``epoch_permutation``, ``subset``
+and ``num_batches`` are deterministic host-side helpers.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ __all__ = [
     "Dataset",
     "augment",
     "batch_key",
+    "cutout",
     "data_cache_dir",
     "epoch_permutation",
     "load_cifar10",
@@ -1144,6 +1145,47 @@ def augment(images_u8: Any, key: jax.Array, *, pad: int = 4, flip: bool = True) 
     pad = _check_int("pad", pad, minimum=0)
     flip = _check_bool("flip", flip)
     return _augment(images_u8, key, pad=pad, flip=flip)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _cutout(images: jax.Array, key: jax.Array, *, size: int) -> jax.Array:
+    batch, height, width, _ = images.shape
+    centres = jax.random.randint(key, (batch, 2), 0, jnp.array([height, width]))
+    start = centres - size // 2  # may be negative: the square is clipped at the border
+    rows = jnp.arange(height)[None, :]
+    cols = jnp.arange(width)[None, :]
+    in_rows = (rows >= start[:, :1]) & (rows < start[:, :1] + size)  # (B, H)
+    in_cols = (cols >= start[:, 1:]) & (cols < start[:, 1:] + size)  # (B, W)
+    inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+    return jnp.where(inside, jnp.zeros((), images.dtype), images)
+
+
+def cutout(images: Any, key: jax.Array, *, size: int) -> jax.Array:
+    """Cutout (DeVries & Taylor, 2017) on device: zeroes one ``size`` x ``size`` square per
+    example.
+
+    Each example independently draws a centre pixel uniformly from its H x W pixels; the
+    square covers rows ``cy - size // 2 .. cy - size // 2 + size - 1`` (columns likewise),
+    clipped at the border, so a square near an edge or corner covers fewer pixels, as in the
+    paper's code (which also lets the centre fall anywhere). Apply it to normalized images,
+    where zero is the dataset mean (the paper's choice); on uint8 images zero is black.
+    Jittable (``size`` is static); the output depends only on the inputs and ``key``.
+
+    Args:
+      images: array (B, H, W, C), NHWC, any dtype.
+      key: a JAX PRNG key (e.g. derived from ``batch_key``).
+      size: side of the square in pixels, >= 0 (0 returns ``images`` unchanged); 16 is the
+        paper's CIFAR-10 setting.
+
+    Returns:
+      jax.Array (B, H, W, C) of the input dtype.
+    """
+    _check_image_batch("images", images)
+    _check_prng_key("key", key)
+    size = _check_int("size", size, minimum=0)
+    if size == 0:
+        return jnp.asarray(images)
+    return _cutout(images, key, size=size)
 
 
 def _channel_constants(name: str, values: Any, num_channels: int) -> np.ndarray:

@@ -889,6 +889,88 @@ def test_augment_validation(args, kwargs, error, message):
         data.augment(*args, **kwargs)
 
 
+def cutout_squares(before: np.ndarray, after: np.ndarray) -> list[tuple[range, range]]:
+    """Per example, the rows and columns that Cutout zeroed (asserting that it zeroed one
+    axis-aligned rectangle, the same in every channel, and changed nothing else)."""
+    squares = []
+    for b, a in zip(before, after):
+        changed = np.any(a != b, axis=-1)
+        np.testing.assert_array_equal(a[changed], 0)
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        rows, cols = range(rows[0], rows[-1] + 1), range(cols[0], cols[-1] + 1)
+        expected = np.zeros_like(changed)
+        expected[rows.start : rows.stop, cols.start : cols.stop] = True
+        np.testing.assert_array_equal(changed, expected)
+        squares.append((rows, cols))
+    return squares
+
+
+def test_cutout_zeroes_one_clipped_square_per_example():
+    images = jax.random.uniform(jax.random.key(0), (256, 12, 10, 3), minval=1.0, maxval=2.0)
+    out = data.cutout(images, jax.random.key(1), size=4)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    squares = cutout_squares(np.asarray(images), np.asarray(out))
+    for rows, cols in squares:
+        # Side 4, less where the square is clipped at a border (it then touches that border).
+        for span, size in ((rows, 12), (cols, 10)):
+            assert 1 <= len(span) <= 4
+            assert len(span) == 4 or span.start == 0 or span.stop == size
+    # Centres anywhere in the image: squares are clipped at all four borders, and every pixel
+    # is covered by some square.
+    assert {r.start for r, _ in squares} >= {0} and {r.stop for r, _ in squares} >= {12}
+    assert {c.start for _, c in squares} >= {0} and {c.stop for _, c in squares} >= {10}
+    assert len({(r.start, c.start) for r, c in squares}) > 40  # per example, not per batch
+    covered = np.zeros((12, 10), bool)
+    for rows, cols in squares:
+        covered[rows.start : rows.stop, cols.start : cols.stop] = True
+    assert covered.all()
+
+
+def test_cutout_centre_is_uniform_and_odd_sizes_are_exact():
+    images = np.ones((4000, 4, 4, 1), np.float32)
+    # size 1 zeroes exactly the centre pixel: 4000 draws over 16 pixels, 250 expected each
+    # (binomial standard deviation 15.3; the bounds are 6 of them).
+    out = np.asarray(data.cutout(images, jax.random.key(2), size=1))
+    counts = (out[..., 0] == 0).sum(axis=0)
+    assert (out[..., 0] == 0).sum(axis=(1, 2)).tolist() == [1] * 4000
+    assert counts.min() > 250 - 92 and counts.max() < 250 + 92, counts
+    # An odd side is exact: 3 x 3 wherever the centre is at least one pixel from the border.
+    squares = cutout_squares(np.ones((200, 9, 9, 1)), np.asarray(
+        data.cutout(np.ones((200, 9, 9, 1), np.float32), jax.random.key(3), size=3)))
+    assert {len(r) for r, _ in squares} == {2, 3}  # 2: centre on the first or last row
+
+
+def test_cutout_edge_cases_determinism_and_jit(batch):
+    key = data.batch_key(0, 0, 0)
+    np.testing.assert_array_equal(data.cutout(batch, key, size=0), batch)
+    # A square twice the image covers it from any centre.
+    np.testing.assert_array_equal(data.cutout(batch, key, size=64), np.zeros_like(batch))
+    out = data.cutout(batch, key, size=16)
+    assert out.dtype == jnp.uint8
+    np.testing.assert_array_equal(out, data.cutout(batch, data.batch_key(0, 0, 0), size=16))
+    assert not np.array_equal(out, data.cutout(batch, data.batch_key(0, 0, 1), size=16))
+    jitted = jax.jit(lambda images, step: data.cutout(images, data.batch_key(0, 0, step), size=16))
+    np.testing.assert_array_equal(jitted(batch, jnp.int32(0)), out)
+    half = data.cutout(jnp.ones((2, 8, 8, 3), jnp.bfloat16), jax.random.key(0), size=4)
+    assert half.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, message",
+    [
+        ((np.zeros((32, 32, 3)), jax.random.key(0)), dict(size=4), ValueError, "4-D NHWC"),
+        ((np.zeros((2, 8, 8, 3)), 0), dict(size=4), TypeError, "key must be a JAX PRNG key"),
+        ((np.zeros((2, 8, 8, 3)), jax.random.key(0)), dict(size=-1), ValueError,
+         "size must be >= 0, got -1"),
+        ((np.zeros((2, 8, 8, 3)), jax.random.key(0)), dict(size=4.0), TypeError,
+         "size must be an int, got float 4.0"),
+    ],
+)
+def test_cutout_validation(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        data.cutout(*args, **kwargs)
+
+
 def test_normalize(batch):
     out = data.normalize(batch)
     assert out.shape == batch.shape and out.dtype == jnp.float32

@@ -100,6 +100,7 @@ def test_config_json_round_trip(tmp_path):
         (dict(optimizer="adam"), ["optimizer", "sgd", "adamw", "adam"]),
         (dict(schedule="step"), ["schedule", "cosine", "step"]),
         (dict(label_smoothing=1.0), ["label_smoothing", "< 1,"]),
+        (dict(cutout=-1), ["cutout", ">= 0", "-1"]),
         (dict(momentum=1.5), ["momentum"]),
         (dict(compute_dtype="float16"), ["compute_dtype", "bfloat16", "float16"]),
         (dict(epochs=2, warmup_epochs=2.0), ["warmup_epochs", "< epochs"]),
@@ -222,6 +223,31 @@ def test_weight_decay_mask_finds_grouped_depthwise():
         lambda: nnx.Conv(8, 8, (3, 3), feature_group_count=8, rngs=nnx.Rngs(0))
     )
     assert train.parameter_kinds(flax_conv) == {("kernel",): "depthwise", ("bias",): "bias"}
+
+
+def test_train_inputs_crop_flip_normalize_then_cutout():
+    from jaxsep import data
+    from jaxsep.train import steps
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (steps.DATA_AXIS,))
+    spec = steps.StepSpec(
+        batch_size=16, num_classes=10, seed=0, augment=True, cutout=0, resolution=None,
+        compute_dtype="float32", label_smoothing=0.0, optimizer="sgd", weight_decay=0.0,
+        momentum=0.9, nesterov=True, adam_b1=0.9, adam_b2=0.999, decay_mask=(), mesh=mesh,
+    )
+    images = jax.random.randint(jax.random.key(0), (16, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    key = data.batch_key(0, 2, 5)
+    plain = np.asarray(steps.train_inputs(spec, images, key))
+    augment_key = jax.random.split(key)[0]
+    np.testing.assert_array_equal(plain, data.normalize(data.augment(images, augment_key)))
+    # Cutout comes after normalization, so the square holds zeros, the dataset mean.
+    cut = np.asarray(steps.train_inputs(dataclasses.replace(spec, cutout=8), images, key))
+    changed = np.any(cut != plain, axis=-1)
+    assert 0 < changed.sum(axis=(1, 2)).min() and changed.sum(axis=(1, 2)).max() <= 64
+    np.testing.assert_array_equal(cut[changed], 0.0)
+    np.testing.assert_array_equal(cut[~changed], plain[~changed])
+    whole = steps.train_inputs(dataclasses.replace(spec, cutout=64), images, key)
+    np.testing.assert_array_equal(whole, np.zeros_like(plain))
 
 
 def test_sgd_direction_matches_pytorch_formula():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxsep import train
+from jaxsep.train import TrainConfig
 from test_train import (  # noqa: F401  (reference_run is a fixture)
     assert_same_state,
     cli_main,
@@ -47,14 +48,16 @@ def test_sigterm_to_the_command_then_resume(reference_run, tmp_path):
     assert_same_state(out, reference_run[0])
 
 
-def test_bfloat16_adamw_onecycle_at_another_resolution(reference_run, tmp_path):
+def test_bfloat16_adamw_onecycle_cutout_at_another_resolution(reference_run, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(
         out, compute_dtype="bfloat16", resolution=24, optimizer="adamw", lr=None,
         schedule="onecycle", warmup_epochs=0.0, label_smoothing=0.1, epochs=1, augment=True,
+        cutout=8,
     )
     summary = train.train_and_evaluate(config)
     assert summary["resolution"] == 24 and np.isfinite(summary["final_train_loss"])
+    assert TrainConfig.load(out / "config.json").cutout == 8
     # Multiply-adds scale with the number of pixels (the SAME-padded maps shrink to 24/32).
     assert summary["macs"] < 0.75 * reference_run[1]["macs"]
     assert summary["learning_rate"] == 1e-3 and summary["weight_decay"] == 0.05

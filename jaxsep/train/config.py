@@ -103,6 +103,12 @@ class TrainConfig:
         metavar="R",
     )
     augment: bool = _field(True, "random crop (pad 4) and horizontal flip of train images")
+    cutout: int = _field(
+        0,
+        "Cutout: side in pixels of a square set to the dataset mean at a random place in each "
+        "train image, after crop, flip and resize (16: the paper's CIFAR-10 setting); 0: off",
+        metavar="PX",
+    )
     max_train_examples: int | None = _field(
         None,
         "train on a fixed random subset of N examples (chosen by --data-seed); for synthetic "
@@ -323,6 +329,7 @@ def _validate(config: TrainConfig) -> None:
     _check_str(config, "data_dir", optional=True)
     _check_int(config, "resolution", 1, optional=True)
     _check_bool(config, "augment")
+    _check_int(config, "cutout", 0)
     _check_int(config, "max_train_examples", 1, optional=True)
     _check_int(config, "max_test_examples", 1, optional=True)
     _check_int(config, "data_seed", 0)

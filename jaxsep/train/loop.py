@@ -576,6 +576,7 @@ def _setup(config: TrainConfig, abstract: nnx.Module, devices: Sequence[Any]) ->
         num_classes=num_classes,
         seed=config.seed,
         augment=config.augment,
+        cutout=config.cutout,
         resolution=config.resolution,
         compute_dtype=config.compute_dtype,
         label_smoothing=config.label_smoothing,
@@ -590,7 +591,7 @@ def _setup(config: TrainConfig, abstract: nnx.Module, devices: Sequence[Any]) ->
     )
     count = len(devices)
     eval_batch = min(config.batch_size, -(-dataset.num_test // count) * count)
-    eval_spec = dataclasses.replace(spec, batch_size=eval_batch, augment=False)
+    eval_spec = dataclasses.replace(spec, batch_size=eval_batch, augment=False, cutout=0)
     padded_test = -(-dataset.num_test // eval_batch) * eval_batch
 
     kwargs_items = tuple(sorted(_model_kwargs(config).items()))

@@ -36,6 +36,7 @@ __all__ = [
     "jit_eval_step",
     "jit_train_step",
     "to_device",
+    "train_inputs",
     "train_step",
     "zero_sums",
 ]
@@ -53,6 +54,7 @@ class StepSpec:
       num_classes: classifier outputs.
       seed: of ``batch_key(seed, epoch, step)``.
       augment: random crop + flip of train batches.
+      cutout: side of the Cutout square zeroed in each normalized train image (0: none).
       resolution: resize inputs to this size (None: keep).
       compute_dtype: name of the activations' dtype ("float32" or "bfloat16").
       label_smoothing: of the train loss.
@@ -66,6 +68,7 @@ class StepSpec:
     num_classes: int
     seed: int
     augment: bool
+    cutout: int
     resolution: int | None
     compute_dtype: str
     label_smoothing: float
@@ -108,6 +111,22 @@ def _inputs(spec: StepSpec, images_u8: jax.Array) -> jax.Array:
     if spec.resolution is not None:
         images_u8 = jdata.resize(images_u8, spec.resolution)
     return jdata.normalize(images_u8, dtype=jnp.dtype(spec.compute_dtype))
+
+
+def train_inputs(spec: StepSpec, images_u8: jax.Array, key: jax.Array) -> jax.Array:
+    """The network input of a train batch: uint8 (B, H, W, C) images, randomly cropped and
+    flipped (``spec.augment``), resized (``spec.resolution``), normalized to
+    ``spec.compute_dtype``, then given a Cutout square (``spec.cutout``), which normalization
+    has made the dataset mean. ``key`` is the batch's ``batch_key``."""
+    augment_key, _ = jax.random.split(key)  # the other half is the dropout key
+    if spec.augment:
+        images_u8 = jdata.augment(images_u8, augment_key)
+    x = _inputs(spec, images_u8)
+    if spec.cutout:
+        # fold_in rather than a three-way split, which would change the crop, flip and
+        # dropout keys of every run without Cutout.
+        x = jdata.cutout(x, jax.random.fold_in(key, 1), size=spec.cutout)
+    return x
 
 
 def _gather(spec: StepSpec, arrays: tuple[jax.Array, ...], index: jax.Array) -> tuple:
@@ -169,10 +188,9 @@ def train_step(
     batch = spec.batch_size
     index = lax.dynamic_slice_in_dim(order, step * batch, batch)
     images_u8, labels = _gather(spec, (images, labels), index)
-    augment_key, dropout_key = jax.random.split(jdata.batch_key(spec.seed, epoch, step))
-    if spec.augment:
-        images_u8 = jdata.augment(images_u8, augment_key)
-    x = _inputs(spec, images_u8)
+    key = jdata.batch_key(spec.seed, epoch, step)
+    _, dropout_key = jax.random.split(key)
+    x = train_inputs(spec, images_u8, key)
     targets = optax.smooth_labels(
         jax.nn.one_hot(labels, spec.num_classes, dtype=jnp.float32), spec.label_smoothing
     )
