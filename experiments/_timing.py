@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -115,6 +116,33 @@ class Rounds:
         return statistics.median(
             a / b for a, b in zip(self.per_round[numerator], self.per_round[denominator])
         )
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and widest vector extension (Linux /proc/cpuinfo), else what
+    ``platform`` knows."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return f"{model}, {vectors}" if vectors else model
+
+
+def device_description() -> str:
+    """JAX's first device, in words; on the CPU with the processor model, its widest vector
+    extension and the core count, since results on one x86-64 CPU say little about another."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return getattr(device, "device_kind", str(device))
+    return f"cpu ({_cpu_model()}, {platform.machine()}, {os.cpu_count()} cores)"
 
 
 def torch_device() -> tuple[str | None, str | None]:

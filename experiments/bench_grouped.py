@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
 
 from _timing import (
+    device_description,
     Rounds,
     compile_timed,
     torch_device as find_torch_device,
@@ -384,12 +384,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-    device = jax.devices()[0]
     report = {
         "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device))
-        + ("" if device.platform != "cpu"
-           else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "device": device_description(),
         "jax": jax.__version__,
         "torch": torch_version,
         "batch": batch,

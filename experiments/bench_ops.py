@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import jaxsep
 from jaxsep._taps import choose_impl
 
 from _timing import (
+    device_description,
     Rounds,
     compile_timed,
     torch_device as find_torch_device,
@@ -256,11 +256,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-    device = jax.devices()[0]
     x_probe = jnp.zeros((1, 4, 4, 2))
     report = {
         "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)) + ("" if device.platform != "cpu" else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "device": device_description(),
         "jax": jax.__version__,
         "torch": torch_version,
         "batch": batch,

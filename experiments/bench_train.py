@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from jaxsep.train import steps as S
 from jaxsep.train.optim import weight_decay_mask
 
 from _timing import (
+    device_description,
     Rounds,
     write_report,
     add_host_memory_flag,
@@ -311,12 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.widths, args.batch_size, args.steps, args.rounds = [0.25], 8, 2, 1
     torch_version = None if args.no_torch else _torch_version()
-    device = jax.devices()[0]
     report = {
         "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device))
-        + ("" if device.platform != "cpu"
-           else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "device": device_description(),
         "jax": jax.__version__,
         "flax": __import__("flax").__version__,
         "torch": torch_version,
