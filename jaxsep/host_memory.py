@@ -6,9 +6,9 @@ blocks with a fresh ``mmap`` and hands them back with ``munmap`` on free, and bl
 requested from a worker thread come from that thread's arena, whose heaps are capped at
 64 MiB, so they are always fresh mappings. Every step then pays a page fault and a zeroed
 page for each 4 KiB it touches (about 300k faults per step, ``../shared/PERF-NOTES.md``):
-on the 2-core CPU, 29% of the step at width 1.0
-(``experiments/results/bench_train_cpu.md`` against
-``experiments/results/no_reuse_host_memory/bench_train_cpu.md``).
+on a 2-core AVX-512 Xeon, 29% of the step at width 1.0
+(``experiments/results/xeon_avx512/bench_train_cpu.md`` against
+``experiments/results/xeon_avx512/no_reuse_host_memory/bench_train_cpu.md``).
 
 :func:`reuse_host_memory` tells glibc to serve every thread from the main arena, to take
 blocks of up to 2 GiB from the heap rather than from ``mmap``, and never to trim the heap

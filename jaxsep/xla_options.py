@@ -2,8 +2,10 @@
 
 XLA:CPU vectorises its fused loops for 256-bit registers unless told otherwise, even on CPUs
 with 512-bit ones (AVX-512). The depthwise taps lowering (:mod:`jaxsep._taps`) is made of such
-loops, so asking for 512-bit vectors (``xla_cpu_prefer_vector_width=512``) speeds it up; on a
-CPU without 512-bit registers the option is only a preference and changes nothing. Results
+loops, so asking for 512-bit vectors (``xla_cpu_prefer_vector_width=512``) speeds it up on
+CPUs that have them; on a CPU without (a 2-core AVX2 AMD EPYC, three runs of
+``experiments/bench_ops.py``) depthwise forward+backward with and without the option differed
+by no more than run-to-run noise (0.94-1.01x the time). Results
 change only by float rounding: a vectorised reduction sums in a different order with more
 lanes (elementwise loops give identical bits). Measured on
 the 2-core AVX-512 CPU (same process, batch 128): depthwise forward+backward 0.91-0.93x the
