@@ -6,7 +6,9 @@ one kernel tap, the same convolution is a handful of fused elementwise loops tha
 memory speed. Every term is a "pad of a slice": for tap ``t`` along one spatial dim, the
 outputs ``o`` that read a real (not padding) input pixel form a contiguous range
 ``[o_lo, o_hi]``, so the term is ``pad(x[start : : s] * k[t], (o_lo, out - 1 - o_hi))`` and no
-padded copy of ``x`` is ever made.
+padded copy of ``x`` is ever made. The forward value is computed blockwise where that is
+faster (:func:`_forward_regions`): the outputs are cut into blocks within which no tap reads
+padding, so XLA's loop needs no masked loads.
 
 The derivative is a ``jax.custom_jvp`` (so ``jax.jvp`` and higher orders keep working)
 whose tangent, ``op(dx, k) + op(x, dk)``, is written so that reverse mode's transposes are fast:
@@ -215,6 +217,128 @@ def _forward(x, kernel, geometry: _Geometry):
     return _merge_channels(acc, channel_axis).astype(x.dtype)
 
 
+def _segments(taps_1d, out: int):
+    """Splits the outputs ``[0, out)`` of one spatial dim into ranges ``(a, b)`` such that
+    every tap reads a real pixel for all of a range's outputs or for none of them."""
+    cuts = {0, out}
+    for tap in taps_1d:
+        if tap.count:
+            cuts.update((tap.before, out - tap.after))
+    cuts = sorted(cuts)
+    return list(zip(cuts, cuts[1:]))
+
+
+def _region_plan(x_shape, window, geometry: _Geometry):
+    """The blocks of :func:`_forward_regions`: per spatial dim its output ranges, and per
+    block (a tuple of range indices) the taps that read real pixels for all of its outputs,
+    each as ``(tap index, per-dim _Tap restricted to the block)``."""
+    _, _, spatial_axes = _layout(x_shape, geometry)
+    out = _out_spatial(x_shape, window, geometry)
+    per_dim = [
+        _tap_ranges(x_shape[axis], o, k, s, d, lo)
+        for axis, o, k, s, d, (lo, _) in zip(
+            spatial_axes, out, window, geometry.strides, geometry.dilation, geometry.padding
+        )
+    ]
+    ranges = [_segments(taps, o) for taps, o in zip(per_dim, out)]
+    blocks = {}
+    for block in itertools.product(*(range(len(r)) for r in ranges)):
+        terms = []
+        for index in itertools.product(*(range(k) for k in window)):
+            restricted = []
+            for dim, (t, r) in enumerate(zip(index, block)):
+                tap, (a, b) = per_dim[dim][t], ranges[dim][r]
+                if not (tap.count and tap.before <= a and b <= out[dim] - tap.after):
+                    break
+                start = tap.start + (a - tap.before) * geometry.strides[dim]
+                restricted.append(_Tap(start, b - a, 0, 0))
+            else:
+                terms.append((index, tuple(restricted)))
+        blocks[block] = terms
+    return ranges, blocks
+
+
+# _forward_regions writes one term per (block, tap) pair; past this many terms (large windows,
+# 3-D) its program grows faster than it gains, and _forward is used instead.
+_MAX_REGION_TERMS = 128
+
+
+def _use_regions(x_shape, window, geometry: _Geometry) -> bool:
+    """Whether :func:`_forward_regions` is the faster forward for this convolution.
+
+    Measured on the CPU (batch 128, NHWC, 3x3 SAME, the MobileNetV1-CIFAR layers): at stride
+    1 it took 0.5-0.8x the time of :func:`_forward`; at stride 2, where the phase view leaves
+    fewer taps reading padding, 1.07-1.11x on 32x32 to 8x8 inputs but 0.53x on 4x4, where
+    three quarters of the outputs lie in border blocks. Channels-first keeps :func:`_forward`:
+    its border blocks would be a few elements wide along the minor (vectorised) axis.
+    """
+    out = _out_spatial(x_shape, window, geometry)
+    if not geometry.channels_last or 0 in out:
+        return False
+    ranges, blocks = _region_plan(x_shape, window, geometry)
+    if sum(len(terms) for terms in blocks.values()) > _MAX_REGION_TERMS:
+        return False
+    if all(s == 1 for s in geometry.strides):
+        return True
+    full = max(len(terms) for terms in blocks.values())
+    interior = sum(
+        int(np.prod([b - a for a, b in (ranges[d][i] for d, i in enumerate(block))]))
+        for block, terms in blocks.items()
+        if len(terms) == full
+    )
+    return interior <= int(np.prod(out)) // 2
+
+
+def _forward_fast(x, kernel, geometry: _Geometry):
+    """The forward value: :func:`_forward_regions` where it is faster, else :func:`_forward`."""
+    rank = len(geometry.strides)
+    if _use_regions(x.shape, kernel.shape[:rank], geometry):
+        return _forward_regions(x, kernel, geometry)
+    return _forward(x, kernel, geometry)
+
+
+def _forward_regions(x, kernel, geometry: _Geometry):
+    """``_forward`` assembled from blocks of outputs that read no padding.
+
+    The outputs are split, along every spatial dim, at the places where some tap starts or
+    stops reading padding; within a block each tap reads real pixels everywhere or nowhere, so
+    the block is a plain sum of slices times taps, and the blocks are concatenated. XLA:CPU
+    fuses it all into one loop that it vectorises without masks, where the pads of
+    :func:`_forward` become a masked load per tap and element: on the CPU (batch 128, NHWC,
+    3x3 SAME) 0.6-0.75x the forward time of :func:`_forward` at stride 1, and at 4x4 spatial
+    size, where most outputs touch the border, about 0.6x at stride 2 too.
+    """
+    rank, channel_axis, spatial_axes = _layout(x.shape, geometry)
+    window = kernel.shape[:rank]
+    channels = x.shape[channel_axis]
+    multiplier = kernel.shape[-1] // channels
+    dtype = _compute_dtype(x.dtype)
+    split_spatial = _split_spatial_axes(spatial_axes, geometry)
+    view, split = _phase_view(x, spatial_axes, geometry.strides)
+    ranges, plan = _region_plan(x.shape, window, geometry)
+    blocks = {}
+    for block, terms in plan.items():
+        shape = list(x.shape)
+        shape.insert(channel_axis + 1, multiplier)
+        for axis, r, (a, b) in zip(split_spatial, block, (ranges[d][i] for d, i in enumerate(block))):
+            shape[axis] = b - a
+        acc = jnp.zeros(shape, dtype)
+        for index, taps in terms:
+            xs = _phase_slice(view, split, taps, spatial_axes, geometry.strides).astype(dtype)
+            xs = jnp.expand_dims(xs, channel_axis + 1)
+            w = _tap_weights(kernel[index].astype(dtype), channel_axis, x.ndim, channels, multiplier)
+            acc = acc + xs * w
+        blocks[block] = acc
+    # Concatenate along the last spatial dim first, then outwards.
+    for dim in reversed(range(rank)):
+        merged = {}
+        for block in blocks:
+            key = block[:dim]
+            merged.setdefault(key, []).append(blocks[block])
+        blocks = {key: jnp.concatenate(parts, axis=split_spatial[dim]) for key, parts in merged.items()}
+    return _merge_channels(blocks[()], channel_axis).astype(x.dtype)
+
+
 def _largest_divisor(n: int, limit: int) -> int:
     """The largest divisor of ``n`` that is at most ``limit`` (at least 1)."""
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
@@ -327,7 +451,7 @@ def _kernel_rows_forward(x, kernel_shape, taps, geometry: _Geometry):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _depthwise_taps(x, kernel, geometry):
-    return _forward(x, kernel, geometry)
+    return _forward_fast(x, kernel, geometry)
 
 
 def _kernel_tangent(x, dkernel, geometry: _Geometry, plus=None):
@@ -373,7 +497,9 @@ def _depthwise_taps_jvp(geometry, primals, tangents):
     # way down, so jvp, vmap and higher-order derivatives work unchanged.
     x, kernel = primals
     dx, dkernel = tangents
-    out = _forward(x, kernel, geometry)
+    # The value comes from the faster forward; the input path keeps _forward, whose transpose
+    # is one fused sum of padded slices of dy (that of _forward_regions has a term per block).
+    out = _forward_fast(x, kernel, geometry)
     input_path = None if isinstance(dx, SymbolicZero) else _forward(dx, kernel, geometry)
     if isinstance(dkernel, SymbolicZero):
         return out, jnp.zeros_like(out) if input_path is None else input_path

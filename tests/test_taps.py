@@ -156,3 +156,40 @@ def test_chunked_tangent_carries_both_paths_in_forward_mode(monkeypatch):
         x, dkernel, strides=(2, 1), impl="xla"
     )
     np.testing.assert_allclose(tangent, want, rtol=1e-5, atol=1e-5)
+
+
+REGION_CASES = [
+    # (x shape NHWC-style, kernel shape, strides, dilation, padding)
+    ((2, 4, 4, 3), (3, 3, 1, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),  # 3 x 3 blocks
+    ((2, 7, 6, 2), (3, 3, 1, 4), (2, 1), (1, 2), ((2, 0), (1, 3))),  # strided, dilated, multiplier 2
+    ((1, 3, 5, 2), (3, 2, 1, 2), (1, 1), (1, 1), ((5, 4), (0, 0))),  # blocks that read only padding
+    ((2, 9, 3), (5, 1, 3), (3,), (1,), ((2, 2),)),  # 1-D, stride 3
+    ((1, 4, 3, 5, 2), (3, 3, 3, 1, 2), (1, 2, 1), (1, 1, 2), ((1, 1), (1, 1), (2, 2))),  # 3-D
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, dilation, padding", REGION_CASES)
+def test_block_forward_matches_reference(x_shape, kernel_shape, strides, dilation, padding):
+    # _forward_regions runs where _use_regions says so; here it runs on every geometry, the
+    # ones auto does not send to it included.
+    x, kernel = _inputs(x_shape, kernel_shape)
+    geometry = _taps._Geometry(True, strides, dilation, padding)
+    got = jax.jit(_taps._forward_regions, static_argnums=2)(x, kernel, geometry)
+    want = reference.depthwise_conv(np.asarray(x), np.asarray(kernel), strides=strides, dilation=dilation, padding=padding)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_block_forward_is_used_where_it_was_measured_faster():
+    def uses(x_shape, kernel_shape, strides, padding, channels_last=True):
+        geometry = _taps._Geometry(channels_last, strides, (1,) * len(strides), padding)
+        return _taps._use_regions(x_shape, kernel_shape[: len(strides)], geometry)
+
+    same, stride2 = ((1, 1), (1, 1)), ((0, 1), (0, 1))
+    assert uses((128, 32, 32, 32), (3, 3, 1, 32), (1, 1), same)  # stride 1
+    assert not uses((128, 32, 32, 64), (3, 3, 1, 64), (2, 2), stride2)  # stride 2, few border outputs
+    assert uses((128, 4, 4, 512), (3, 3, 1, 512), (2, 2), stride2)  # stride 2, mostly border
+    assert not uses((128, 32, 32, 32), (3, 3, 1, 32), (1, 1), same, channels_last=False)
+    assert not uses((1, 9, 9, 9, 2), (5, 5, 5, 1, 2), (1, 1, 1), ((2, 2),) * 3)  # 19**3 terms
+    # and depthwise_conv really runs it: its blocks are concatenated
+    x, kernel = _inputs((2, 4, 4, 3), (3, 3, 1, 3))
+    assert "concatenate" in str(jax.make_jaxpr(lambda x, k: jaxsep.depthwise_conv(x, k, impl="taps"))(x, kernel))
