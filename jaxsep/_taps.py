@@ -258,19 +258,21 @@ def _region_plan(x_shape, window, geometry: _Geometry):
     return ranges, blocks
 
 
-# _forward_regions writes one term per (block, tap) pair; past this many terms (large windows,
-# 3-D) its program grows faster than it gains, and _forward is used instead.
+# _forward_regions writes one term per (block, tap) pair, _forward one per tap. A cap on the
+# program's size: 3x3 in 2-D has 49 terms; 5x5 in 2-D (361) and 3x3x3 in 3-D (343) keep
+# _forward, whose speed against blocks was not measured there.
 _MAX_REGION_TERMS = 128
 
 
 def _use_regions(x_shape, window, geometry: _Geometry) -> bool:
     """Whether :func:`_forward_regions` is the faster forward for this convolution.
 
-    Measured on the CPU (batch 128, NHWC, 3x3 SAME, the MobileNetV1-CIFAR layers): at stride
-    1 it took 0.5-0.8x the time of :func:`_forward`; at stride 2, where the phase view leaves
-    fewer taps reading padding, 1.07-1.11x on 32x32 to 8x8 inputs but 0.53x on 4x4, where
-    three quarters of the outputs lie in border blocks. Channels-first keeps :func:`_forward`:
-    its border blocks would be a few elements wide along the minor (vectorised) axis.
+    Measured on a 2-core AVX2 CPU (batch 128, NHWC, 3x3 SAME, the MobileNetV1-CIFAR layers):
+    at stride 1 it took 0.5-0.8x the time of :func:`_forward`; at stride 2, where the phase
+    view leaves fewer taps reading padding, 1.07-1.11x on 32x32 to 8x8 inputs but 0.53x on
+    4x4, where three quarters of the outputs lie in border blocks. Channels-first keeps
+    :func:`_forward` (0.91-1.23x there, no gain overall): its border blocks are a few
+    elements wide along the minor, vectorised axis.
     """
     out = _out_spatial(x_shape, window, geometry)
     if not geometry.channels_last or 0 in out:
@@ -304,9 +306,8 @@ def _forward_regions(x, kernel, geometry: _Geometry):
     stops reading padding; within a block each tap reads real pixels everywhere or nowhere, so
     the block is a plain sum of slices times taps, and the blocks are concatenated. XLA:CPU
     fuses it all into one loop that it vectorises without masks, where the pads of
-    :func:`_forward` become a masked load per tap and element: on the CPU (batch 128, NHWC,
-    3x3 SAME) 0.6-0.75x the forward time of :func:`_forward` at stride 1, and at 4x4 spatial
-    size, where most outputs touch the border, about 0.6x at stride 2 too.
+    :func:`_forward` become a masked load per tap and element (measured speeds: see
+    :func:`_use_regions`).
     """
     rank, channel_axis, spatial_axes = _layout(x.shape, geometry)
     window = kernel.shape[:rank]
