@@ -99,8 +99,8 @@ def _out_spatial(x_shape, window, geometry: _Geometry):
     return tuple(out)
 
 
-def _all_taps(x_shape, window, geometry: _Geometry):
-    """Yields (tap index, per-dim _Tap) for every window offset that reads a real pixel."""
+def _taps_per_dim(x_shape, window, geometry: _Geometry):
+    """The output size and the :class:`_Tap` of every window offset, per spatial dim."""
     _, _, spatial_axes = _layout(x_shape, geometry)
     out = _out_spatial(x_shape, window, geometry)
     per_dim = [
@@ -109,6 +109,12 @@ def _all_taps(x_shape, window, geometry: _Geometry):
             spatial_axes, out, window, geometry.strides, geometry.dilation, geometry.padding
         )
     ]
+    return out, per_dim
+
+
+def _all_taps(x_shape, window, geometry: _Geometry):
+    """Yields (tap index, per-dim _Tap) for every window offset that reads a real pixel."""
+    _, per_dim = _taps_per_dim(x_shape, window, geometry)
     for index in itertools.product(*(range(k) for k in window)):
         taps = tuple(per_dim[dim][t] for dim, t in enumerate(index))
         if all(tap.count for tap in taps):
@@ -232,14 +238,7 @@ def _region_plan(x_shape, window, geometry: _Geometry):
     """The blocks of :func:`_forward_regions`: per spatial dim its output ranges, and per
     block (a tuple of range indices) the taps that read real pixels for all of its outputs,
     each as ``(tap index, per-dim _Tap restricted to the block)``."""
-    _, _, spatial_axes = _layout(x_shape, geometry)
-    out = _out_spatial(x_shape, window, geometry)
-    per_dim = [
-        _tap_ranges(x_shape[axis], o, k, s, d, lo)
-        for axis, o, k, s, d, (lo, _) in zip(
-            spatial_axes, out, window, geometry.strides, geometry.dilation, geometry.padding
-        )
-    ]
+    out, per_dim = _taps_per_dim(x_shape, window, geometry)
     ranges = [_segments(taps, o) for taps, o in zip(per_dim, out)]
     blocks = {}
     for block in itertools.product(*(range(len(r)) for r in ranges)):
