@@ -320,7 +320,7 @@ def _forward_regions(x, kernel, geometry: _Geometry):
     for block, terms in plan.items():
         shape = list(x.shape)
         shape.insert(channel_axis + 1, multiplier)
-        for axis, r, (a, b) in zip(split_spatial, block, (ranges[d][i] for d, i in enumerate(block))):
+        for axis, (a, b) in zip(split_spatial, (ranges[d][i] for d, i in enumerate(block))):
             shape[axis] = b - a
         acc = jnp.zeros(shape, dtype)
         for index, taps in terms:

@@ -526,8 +526,8 @@ def test_channels_first_is_transposed_channels_last(name):
     rank = x.ndim - 2
     got = spec.fn(jnp.moveaxis(x, -1, 1), *kernels, data_format=FIRST[rank])
     # EXACT, not bit equality: "taps" sums the same products in both layouts, but channels-last
-    # runs them as one loop per block of outputs (_taps._forward_regions), which XLA may
-    # compile with other fused multiply-adds than the channels-first loop.
+    # runs them block by block (_taps._forward_regions), a different loop from channels-first's,
+    # and XLA:CPU's code for the two can round differently in the last bit.
     np.testing.assert_allclose(got, jnp.moveaxis(spec.fn(x, *kernels), -1, 1), **EXACT)
 
 
