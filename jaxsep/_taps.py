@@ -234,13 +234,15 @@ def _segments(taps_1d, out: int):
     return list(zip(cuts, cuts[1:]))
 
 
+@functools.lru_cache(maxsize=256)
 def _region_plan(x_shape, window, geometry: _Geometry):
     """The blocks of :func:`_forward_regions`: per spatial dim its output ranges, and per
     block (a tuple of range indices) the taps that read real pixels for all of its outputs,
-    each as ``(tap index, per-dim _Tap restricted to the block)``."""
+    each as ``(tap index, per-dim _Tap restricted to the block)``. Cached (all tuples): both
+    :func:`_use_regions` and :func:`_forward_regions` need it when a program is traced."""
     out, per_dim = _taps_per_dim(x_shape, window, geometry)
-    ranges = [_segments(taps, o) for taps, o in zip(per_dim, out)]
-    blocks = {}
+    ranges = tuple(tuple(_segments(taps, o)) for taps, o in zip(per_dim, out))
+    blocks = []
     for block in itertools.product(*(range(len(r)) for r in ranges)):
         terms = []
         for index in itertools.product(*(range(k) for k in window)):
@@ -253,8 +255,8 @@ def _region_plan(x_shape, window, geometry: _Geometry):
                 restricted.append(_Tap(start, b - a, 0, 0))
             else:
                 terms.append((index, tuple(restricted)))
-        blocks[block] = terms
-    return ranges, blocks
+        blocks.append((block, tuple(terms)))
+    return ranges, tuple(blocks)
 
 
 # _forward_regions writes one term per (block, tap) pair, _forward one per tap. A cap on the
@@ -276,15 +278,15 @@ def _use_regions(x_shape, window, geometry: _Geometry) -> bool:
     out = _out_spatial(x_shape, window, geometry)
     if not geometry.channels_last or 0 in out:
         return False
-    ranges, blocks = _region_plan(x_shape, window, geometry)
-    if sum(len(terms) for terms in blocks.values()) > _MAX_REGION_TERMS:
+    ranges, blocks = _region_plan(tuple(x_shape), tuple(window), geometry)
+    if sum(len(terms) for _, terms in blocks) > _MAX_REGION_TERMS:
         return False
     if all(s == 1 for s in geometry.strides):
         return True
-    full = max(len(terms) for terms in blocks.values())
+    full = max(len(terms) for _, terms in blocks)
     interior = sum(
         int(np.prod([b - a for a, b in (ranges[d][i] for d, i in enumerate(block))]))
-        for block, terms in blocks.items()
+        for block, terms in blocks
         if len(terms) == full
     )
     return interior <= int(np.prod(out)) // 2
@@ -315,20 +317,21 @@ def _forward_regions(x, kernel, geometry: _Geometry):
     dtype = _compute_dtype(x.dtype)
     split_spatial = _split_spatial_axes(spatial_axes, geometry)
     view, split = _phase_view(x, spatial_axes, geometry.strides)
-    ranges, plan = _region_plan(x.shape, window, geometry)
+    ranges, plan = _region_plan(tuple(x.shape), tuple(window), geometry)
     blocks = {}
-    for block, terms in plan.items():
+    for block, terms in plan:
         shape = list(x.shape)
         shape.insert(channel_axis + 1, multiplier)
         for axis, (a, b) in zip(split_spatial, (ranges[d][i] for d, i in enumerate(block))):
             shape[axis] = b - a
-        acc = jnp.zeros(shape, dtype)
+        acc = None
         for index, taps in terms:
             xs = _phase_slice(view, split, taps, spatial_axes, geometry.strides).astype(dtype)
             xs = jnp.expand_dims(xs, channel_axis + 1)
             w = _tap_weights(kernel[index].astype(dtype), channel_axis, x.ndim, channels, multiplier)
-            acc = acc + xs * w
-        blocks[block] = acc
+            acc = xs * w if acc is None else acc + xs * w
+        # A block that only padding reaches (padding wider than the window's reach) is zeros.
+        blocks[block] = jnp.zeros(shape, dtype) if acc is None else acc
     # Concatenate along the last spatial dim first, then outwards.
     for dim in reversed(range(rank)):
         merged = {}
