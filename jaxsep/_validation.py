@@ -1,15 +1,24 @@
-"""Argument checking shared by the ops and the modules.
+"""Argument checking for the whole package: ops, modules, models, data, configs and sweeps.
 
-Every check raises before any compute, with a message in the ``jax.lax`` style: the op, the
-rule, "but", and the offending values. Checks read only static shapes and dtypes, so they run
-at trace time under ``jit``/``vmap``/``grad`` and cost nothing at run time.
+Every check raises before any compute, with one wording in the ``jax.lax`` style: where (the
+op, module or config), the argument, the rule, "but", and the offending value::
+
+    depthwise_conv: strides must be >= 1, but got 0
+    TrainConfig: batch_size must be an int, but got str '128'
+
+Checks read only static shapes and dtypes, so they run at trace time under
+``jit``/``vmap``/``grad`` and cost nothing at run time. This module imports no JAX at import
+time, so the command line can use it before JAX starts.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -30,6 +39,74 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 def _shape(a: Any) -> tuple[int, ...]:
     return tuple(np.shape(a))
+
+
+def fail(
+    where: str, name: str, rule: str, value: Any, exc: type[Exception] = ValueError
+) -> NoReturn:
+    """Raises ``exc("{where}: {name} must be {rule}, but got {value!r}")``."""
+    raise exc(f"{where}: {name} must be {rule}, but got {value!r}")
+
+
+def check_bool(where: str, name: str, value: Any) -> bool:
+    """``value`` as a bool; NumPy bools are accepted, ints (0/1) are not."""
+    if not isinstance(value, (bool, np.bool_)):
+        fail(where, name, "a bool", value, TypeError)
+    return bool(value)
+
+
+def check_choice(
+    where: str, name: str, value: Any, choices: Sequence[Any], *, optional: bool = False
+) -> Any:
+    """``value`` if it is one of ``choices`` (or None when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or value not in tuple(choices):
+        fail(where, name, f"one of {tuple(choices)}" + (" or None" if optional else ""), value)
+    return value
+
+
+def check_optional_int(where: str, name: str, value: Any, *, minimum: int = 1) -> int | None:
+    """``None``, or ``value`` checked by :func:`check_int`."""
+    return None if value is None else check_int(where, name, value, minimum=minimum)
+
+
+def check_number(
+    where: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+    optional: bool = False,
+) -> float | None:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (each bound
+    included unless ``low_open``/``high_open``; the upper bound is excluded by default)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(where, name, "a number" + (" or None" if optional else ""), value, TypeError)
+    value = float(value)
+    if not math.isfinite(value):
+        fail(where, name, "finite", value)
+    if low is not None and ((value <= low) if low_open else (value < low)):
+        fail(where, name, f"{'>' if low_open else '>='} {low:g}", value)
+    if high is not None and ((value >= high) if high_open else (value > high)):
+        fail(where, name, f"{'<' if high_open else '<='} {high:g}", value)
+    return value
+
+
+def check_str(where: str, name: str, value: Any, *, optional: bool = False) -> str | None:
+    """A non-empty str (a path-like becomes its str), or None when ``optional``."""
+    if optional and value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        fail(where, name, "a non-empty str" + (" or None" if optional else ""), value, TypeError)
+    return value
 
 
 def check_int(op: str, name: str, value: Any, *, minimum: int = 1) -> int:

@@ -22,6 +22,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from jaxsep._choices import CONV_KINDS, VARIANTS
+
 __all__ = ["build_parser", "main"]
 
 # variant -> default square input resolution
@@ -43,11 +45,11 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
                         help="width multiplier (default 1.0)")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
                         help="input height and width (default 224 for imagenet, 32 for cifar)")
-    parser.add_argument("--conv", choices=("separable", "standard", "grouped"), default=None,
+    parser.add_argument("--conv", choices=CONV_KINDS[:3], default=None,
                         help="the 3x3 layers of mobilenet_v1 (default separable)")
     parser.add_argument("--groups", type=int, default=None, metavar="G",
                         help="groups of --conv grouped, or shufflenet_v1's g")
-    parser.add_argument("--variant", choices=("cifar", "imagenet"), default="imagenet",
+    parser.add_argument("--variant", choices=VARIANTS, default="imagenet",
                         help="stem and default resolution (default imagenet)")
     parser.add_argument("--shallow", action="store_true", default=None,
                         help="mobilenet_v1 without the five 14x14x512 layers")

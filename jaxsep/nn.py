@@ -67,6 +67,10 @@ Dtype = Any
 default_kernel_init: Initializer = nnx.initializers.lecun_normal()
 default_bias_init: Initializer = nnx.initializers.zeros_init()
 
+# Normalization layers: their scale and bias are not decayed (train.optim) and their
+# parameters are reported apart (summary).
+NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm, nnx.InstanceNorm)
+
 # A size large enough that any window fits: used to validate padding before an input exists.
 _ANY_SIZE = 1 << 20
 

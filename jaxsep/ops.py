@@ -40,6 +40,7 @@ from jax import lax
 
 from jaxsep import _validation as v
 from jaxsep._channel_matmul import channel_matmul
+from jaxsep._choices import GROUPED_IMPLS as GROUPED_IMPLS, IMPLS as IMPLS
 
 __all__ = [
     "channel_shuffle",
@@ -53,9 +54,7 @@ __all__ = [
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 IntOrSeq = int | Sequence[int]
 Impl = Literal["auto", "xla", "taps"]
-IMPLS = ("auto", "xla", "taps")  # lowerings of depthwise_conv and separable_conv
 GroupedImpl = Literal["auto", "xla", "split", "taps"]
-GROUPED_IMPLS = ("auto", "xla", "split", "taps")  # lowerings of grouped_conv; IMPLS plus "split"
 # Widest channel group (C // G) that grouped_conv's impl="auto" runs as "taps" on the CPU; wider
 # groups run as "split" (measured: see choose_grouped_impl).
 _TAPS_MAX_GROUP_WIDTH = 1

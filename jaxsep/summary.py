@@ -25,11 +25,12 @@ from jaxsep import nn as jnn
 
 __all__ = ["LayerRow", "ModelSummary", "Totals", "summary"]
 
+NORM_TYPES = jnn.NORM_TYPES  # defined once, in jaxsep.nn
+
 # jaxsep.nn modules are one row each even when they hold a submodule (SeparableConv's norm).
 _ATOMIC = (jnn.Conv, jnn.DepthwiseConv, jnn.PointwiseConv, jnn.SeparableConv, jnn.ChannelShuffle)
 _PATCH_LOCK = threading.Lock()
 # Normalization layers: the papers' parameter counts leave their scale and bias out.
-NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm, nnx.InstanceNorm)
 
 
 @dataclasses.dataclass(frozen=True)

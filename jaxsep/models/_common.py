@@ -6,9 +6,7 @@ import numbers
 
 from jaxsep import _validation as v
 
-VARIANTS = ("cifar", "imagenet")
-# Default number of classes of each variant's dataset (CIFAR-10, ImageNet-1k).
-NUM_CLASSES = {"cifar": 10, "imagenet": 1000}
+from jaxsep._choices import VARIANT_NUM_CLASSES as NUM_CLASSES, VARIANTS
 
 
 def check_variant(name: str, variant: str) -> str:

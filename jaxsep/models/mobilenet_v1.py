@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxsep import _validation as v
+from jaxsep._choices import CONV_KINDS
 from jaxsep import algebra, nn, ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
@@ -53,7 +54,7 @@ LAYERS: tuple[tuple[int, int], ...] = (
 )
 SHALLOW_DROPPED = range(6, 11)
 MIN_DEPTH = 8  # TF-slim's min_depth
-CONV_CHOICES = ("separable", "standard", "grouped", "factorized")
+CONV_CHOICES = CONV_KINDS
 
 
 def v1_channels(channels: int, width_multiplier: float) -> int:

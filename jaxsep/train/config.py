@@ -20,6 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from jaxsep._choices import CONV_KINDS, IMPLS, VARIANTS
+
 __all__ = [
     "COMPUTE_DTYPES",
     "DATASETS",
@@ -34,9 +36,7 @@ DATASETS = ("cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-VARIANTS = ("cifar", "imagenet")
-CONV_CHOICES = ("separable", "standard", "grouped", "factorized")
-IMPLS = ("auto", "xla", "taps")
+CONV_CHOICES = CONV_KINDS  # the name this module has always exported
 
 # The defaults that depend on the optimizer (used when lr / weight_decay are None).
 # sgd: the classic CIFAR recipe for batch 128 (lr 0.1, momentum 0.9, 5e-4); adamw: timm's and

@@ -37,7 +37,6 @@ ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
 ONECYCLE_PCT_START = 0.3
 ADAM_EPS = 1e-8
-_NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -118,7 +117,7 @@ def parameter_kinds(model: nnx.Module) -> dict[tuple, str]:
     kinds = {}
     for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         owner, name = modules.get(tuple(path[:-1])), path[-1]
-        if isinstance(owner, _NORM_TYPES):
+        if isinstance(owner, jnn.NORM_TYPES):
             kind = "norm"
         elif isinstance(owner, jnn.SeparableConv) and name == "depthwise_kernel":
             kind = "depthwise"
