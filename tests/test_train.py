@@ -117,7 +117,7 @@ def test_config_rejects_bad_values(changes, words):
 
 
 def test_config_type_errors_and_unknown_fields():
-    with pytest.raises(TypeError, match="epochs must be an int, but got 1.5"):
+    with pytest.raises(TypeError, match="epochs must be an int, but got float 1.5"):
         TrainConfig(epochs=1.5)
     with pytest.raises(TypeError, match="augment must be a bool"):
         TrainConfig(augment="yes")

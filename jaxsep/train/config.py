@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import numbers
 import os
 import types
 import typing
@@ -21,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from jaxsep._choices import CONV_KINDS, IMPLS, VARIANTS
+from jaxsep._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_str,
+)
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -243,124 +249,73 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation
+# Validation (the checks and their wording live in jaxsep._validation)
 
-
-def _fail(name: str, rule: str, value: Any, exc: type[Exception] = ValueError) -> None:
-    raise exc(f"TrainConfig: {name} must be {rule}, but got {value!r}")
-
-
-def _check_choice(config: TrainConfig, name: str, choices: tuple, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if value not in choices:
-        _fail(name, f"one of {choices}" + (" or None" if optional else ""), value)
-
-
-def _check_int(config: TrainConfig, name: str, minimum: int, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        _fail(name, "an int" + (" or None" if optional else ""), value, TypeError)
-    if value < minimum:
-        _fail(name, f">= {minimum}" + (" (or None)" if optional else ""), value)
-    object.__setattr__(config, name, int(value))
-
-
-def _check_float(
-    config: TrainConfig,
-    name: str,
-    *,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    optional: bool = False,
-) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _fail(name, "a number" + (" or None" if optional else ""), value, TypeError)
-    value = float(value)
-    if not math.isfinite(value):
-        _fail(name, "finite", value)
-    if (value <= low) if low_open else (value < low):
-        _fail(name, f"{'>' if low_open else '>='} {low:g}", value)
-    if high is not None and value >= high:
-        _fail(name, f"< {high:g}", value)
-    object.__setattr__(config, name, value)
-
-
-def _check_bool(config: TrainConfig, name: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, bool):
-        _fail(name, "a bool", value, TypeError)
-
-
-def _check_str(config: TrainConfig, name: str, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-        object.__setattr__(config, name, value)
-    if not isinstance(value, str) or not value:
-        _fail(name, "a non-empty str" + (" or None" if optional else ""), value, TypeError)
+_WHERE = "TrainConfig"
 
 
 def _validate(config: TrainConfig) -> None:
     # Imported here so that importing the config (e.g. for --help) stays cheap.
     from jaxsep import models
 
-    _check_str(config, "model")
-    if config.model not in models.list_models():
-        _fail("model", f"one of {models.list_models()}", config.model)
-    _check_float(config, "width", low=0.0, low_open=True)
-    _check_choice(config, "conv", CONV_CHOICES, optional=True)
-    _check_int(config, "groups", 1, optional=True)
-    _check_int(config, "depth_multiplier", 1, optional=True)
-    _check_choice(config, "variant", VARIANTS)
-    _check_float(config, "dropout", low=0.0, high=1.0, optional=True)
-    _check_choice(config, "impl", IMPLS)
+    def check(name: str, checker: Any, *args: Any, **kwargs: Any) -> None:
+        # Each check returns the value normalized (an int for a NumPy integer, a float for an
+        # int given to a float field, a str for a path), which the frozen config stores.
+        value = checker(_WHERE, name, getattr(config, name), *args, **kwargs)
+        object.__setattr__(config, name, value)
 
-    _check_choice(config, "dataset", DATASETS)
-    _check_str(config, "data_dir", optional=True)
-    _check_int(config, "resolution", 1, optional=True)
-    _check_bool(config, "augment")
-    _check_int(config, "cutout", 0)
-    _check_int(config, "max_train_examples", 1, optional=True)
-    _check_int(config, "max_test_examples", 1, optional=True)
-    _check_int(config, "data_seed", 0)
+    def integer(name: str, minimum: int, optional: bool = False) -> None:
+        check(name, check_optional_int if optional else check_int, minimum=minimum)
 
-    _check_int(config, "epochs", 1)
-    _check_int(config, "batch_size", 1)
-    _check_choice(config, "optimizer", OPTIMIZERS)
-    _check_float(config, "lr", low=0.0, low_open=True, optional=True)
-    _check_float(config, "momentum", low=0.0, high=1.0)
-    _check_bool(config, "nesterov")
-    _check_float(config, "adam_b1", low=0.0, high=1.0)
-    _check_float(config, "adam_b2", low=0.0, high=1.0)
-    _check_float(config, "weight_decay", low=0.0, optional=True)
-    _check_bool(config, "decay_depthwise")
-    _check_bool(config, "decay_norm_and_bias")
-    _check_choice(config, "schedule", SCHEDULES)
-    _check_float(config, "warmup_epochs", low=0.0)
+    def number(name: str, **bounds: Any) -> None:
+        check(name, check_number, **bounds)
+
+    check("model", check_str)
+    check("model", check_choice, models.list_models())
+    number("width", low=0.0, low_open=True)
+    check("conv", check_choice, CONV_CHOICES, optional=True)
+    integer("groups", 1, optional=True)
+    integer("depth_multiplier", 1, optional=True)
+    check("variant", check_choice, VARIANTS)
+    number("dropout", low=0.0, high=1.0, optional=True)
+    check("impl", check_choice, IMPLS)
+
+    check("dataset", check_choice, DATASETS)
+    check("data_dir", check_str, optional=True)
+    integer("resolution", 1, optional=True)
+    check("augment", check_bool)
+    integer("cutout", 0)
+    integer("max_train_examples", 1, optional=True)
+    integer("max_test_examples", 1, optional=True)
+    integer("data_seed", 0)
+
+    integer("epochs", 1)
+    integer("batch_size", 1)
+    check("optimizer", check_choice, OPTIMIZERS)
+    number("lr", low=0.0, low_open=True, optional=True)
+    number("momentum", low=0.0, high=1.0)
+    check("nesterov", check_bool)
+    number("adam_b1", low=0.0, high=1.0)
+    number("adam_b2", low=0.0, high=1.0)
+    number("weight_decay", low=0.0, optional=True)
+    check("decay_depthwise", check_bool)
+    check("decay_norm_and_bias", check_bool)
+    check("schedule", check_choice, SCHEDULES)
+    number("warmup_epochs", low=0.0)
     if config.warmup_epochs >= config.epochs:
         raise ValueError(
             f"TrainConfig: warmup_epochs must be < epochs, but got warmup_epochs="
             f"{config.warmup_epochs} and epochs={config.epochs}"
         )
-    _check_float(config, "label_smoothing", low=0.0, high=1.0)
-    _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
-    _check_int(config, "seed", 0)
+    number("label_smoothing", low=0.0, high=1.0)
+    check("compute_dtype", check_choice, COMPUTE_DTYPES)
+    integer("seed", 0)
 
-    _check_str(config, "out", optional=True)
-    _check_str(config, "init_from", optional=True)
-    _check_int(config, "eval_every", 1)
-    _check_int(config, "checkpoint_every_steps", 1, optional=True)
-    _check_bool(config, "quiet")
+    check("out", check_str, optional=True)
+    check("init_from", check_str, optional=True)
+    integer("eval_every", 1)
+    integer("checkpoint_every_steps", 1, optional=True)
+    check("quiet", check_bool)
 
 
 # --------------------------------------------------------------------------------------------
