@@ -108,9 +108,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model on CIFAR-10 (or synthetic data) and evaluate it",
         description="Train a model and write config.json, metrics.jsonl, summary.json and "
-        "checkpoints to --out. Rerunning on an existing --out resumes it. Exit status: 0 done, "
-        "2 bad configuration, 1 non-finite loss, 130/143 stopped by SIGINT/SIGTERM (a "
-        "checkpoint was saved).",
+        "checkpoints to --out. Rerunning on an existing --out resumes it (or, when it stopped "
+        "before its first step, starts it afresh). Exit status: 0 done, 2 bad configuration, "
+        "1 non-finite loss, 130/143 stopped by SIGINT/SIGTERM (a checkpoint of the last step "
+        "was saved; stopped before the first step, nothing was saved).",
     )
     train.add_train_arguments(parser)
     parser.set_defaults(run=_run_train)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import add_hooks
 from jaxsep import cli, sweep as jsweep
-from jaxsep.train import SIGTERM_HOOK_ENV, TrainConfig
+from jaxsep.train import TrainConfig
+from jaxsep.train.hooks import StopAtStep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -227,24 +229,22 @@ def test_cli_errors(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Runs the tiny sweep three times: interrupted by SIGTERM inside the first point's
+    """Runs the tiny sweep three times: stopped (as by SIGTERM) inside the first point's
     first epoch; again (resumes it and trains the rest); and once more (skips everything)."""
     folder = tmp_path_factory.mktemp("sweep")
     path = write(folder, TINY.format(lr=0.05))
     sweep = jsweep.load_sweep(path, runs_dir=folder / "runs", results_dir=folder / "results")
     calls = []
-    with pytest.MonkeyPatch.context() as patch:
-        for hook in ("1", None, None):
-            if hook:
-                patch.setenv(SIGTERM_HOOK_ENV, hook)
-            else:
-                patch.delenv(SIGTERM_HOOK_ENV, raising=False)
-            states = [jsweep.point_state(p) for p in sweep.points]
-            mtimes = {p.label: _mtime(p.out / "summary.json") for p in sweep.points}
-            with contextlib.redirect_stderr(io.StringIO()) as err:
-                code = cli.main(sweep_args(path, folder))
-            log = err.getvalue().splitlines()
-            calls.append({"code": code, "states_before": states, "log": log, "mtimes": mtimes})
+    for stop in (True, False, False):
+        states = [jsweep.point_state(p) for p in sweep.points]
+        mtimes = {p.label: _mtime(p.out / "summary.json") for p in sweep.points}
+        with pytest.MonkeyPatch.context() as patch, \
+                contextlib.redirect_stderr(io.StringIO()) as err:
+            if stop:
+                add_hooks(patch, StopAtStep(1))  # stops as SIGTERM would, after step 1
+            code = cli.main(sweep_args(path, folder))
+        log = err.getvalue().splitlines()
+        calls.append({"code": code, "states_before": states, "log": log, "mtimes": mtimes})
     return {"folder": folder, "path": path, "sweep": sweep, "calls": calls}
 
 

@@ -7,8 +7,12 @@
 Modules: :mod:`~jaxsep.train.config` (``TrainConfig`` and its command-line flags),
 :mod:`~jaxsep.train.optim` (schedules, the weight-decay mask, the optimizer),
 :mod:`~jaxsep.train.steps` (the jitted train and eval steps),
-:mod:`~jaxsep.train.loop` (the loop, files, checkpoints, resume) and
-:mod:`~jaxsep.train.command` (the ``train``/``eval`` subcommands' arguments and runners).
+:mod:`~jaxsep.train.loop` (the loop), :mod:`~jaxsep.train.hooks` (per-step hooks),
+:mod:`~jaxsep.train.run_folder` (a run's files and the resume rule),
+:mod:`~jaxsep.train.checkpoints`, :mod:`~jaxsep.train.evaluate` (``evaluate_run``),
+:mod:`~jaxsep.train.model_from_config`, :mod:`~jaxsep.train.setup`,
+:mod:`~jaxsep.train.runtime` (signals, logs, multi-host) and :mod:`~jaxsep.train.command`
+(the ``train``/``eval`` subcommands' arguments and runners). See ``docs/harness.md``.
 """
 
 from jaxsep.train.command import (
@@ -25,7 +29,6 @@ from jaxsep.train.config import (
 from jaxsep.train.loop import (
     EPOCH_FIELDS as EPOCH_FIELDS,
     NonFiniteLossError as NonFiniteLossError,
-    SIGTERM_HOOK_ENV as SIGTERM_HOOK_ENV,
     TIMING_FIELDS as TIMING_FIELDS,
     TrainingInterrupted as TrainingInterrupted,
     evaluate_run as evaluate_run,
@@ -50,7 +53,6 @@ from jaxsep.train.steps import (
 __all__ = [
     "EPOCH_FIELDS",
     "NonFiniteLossError",
-    "SIGTERM_HOOK_ENV",
     "StepSpec",
     "TIMING_FIELDS",
     "TrainConfig",
@@ -74,3 +76,11 @@ __all__ = [
     "train_step",
     "weight_decay_mask",
 ]
+
+
+def __getattr__(name: str):
+    if name == "SIGTERM_HOOK_ENV":  # deprecated: nothing reads it; see hooks.StopAtStep
+        from jaxsep.train.hooks import deprecated_sigterm_hook_env
+
+        return deprecated_sigterm_hook_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,8 @@
 
 Exit status: 0 done; 2 bad configuration (reported before any compute); 1 the loss became
 non-finite; 128 + signal number (130 for SIGINT, 143 for SIGTERM) when a signal stopped the
-run after saving a checkpoint.
+run (after saving a checkpoint; before the first step there is none to save). See
+``docs/harness.md``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--resume", action="store_true",
-        help="continue from the last checkpoint in --out (an error if there is none); "
-        "without it a run with checkpoints continues too",
+        help="continue from the last checkpoint in --out; an error if there is none (as "
+        "after a run stopped before its first step: rerun without --resume to start it "
+        "afresh). Without --resume a run with checkpoints continues too",
     )
     if parser.epilog is None:
         parser.epilog = TRAIN_EXAMPLE
@@ -64,8 +66,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_error_status(prog: str, error: Exception) -> int:
     """Reports an error a training run raised and returns the command's exit status, or
     re-raises it when it is a bug rather than an outcome: 128 + signal number for a run
-    stopped by SIGINT/SIGTERM (its checkpoint saved), 1 for a diverged run, 2 for a bad
-    configuration found once the run started (e.g. an unreadable data folder)."""
+    stopped by SIGINT/SIGTERM (its checkpoint saved, if a step had run), 1 for a diverged
+    run, 2 for a bad configuration found once the run started (e.g. an unreadable data
+    folder)."""
     from jaxsep.train.loop import NonFiniteLossError, TrainingInterrupted
 
     if isinstance(error, TrainingInterrupted):
