@@ -1,10 +1,12 @@
 """Tests for jaxsep.sweep (``jaxsep sweep``): the sweep file, the dry run's counts against
 ``jaxsep info``, and a tiny sweep on synthetic data that is interrupted, resumed, skipped
-when finished, refused when its file changes, factorized and collected; and the records of
-its finished points, which alone (no run folders) skip the points and give the same results.
+when finished, refused when its file changes and collected; and the records of its finished
+points, which alone (no run folders) skip the points and give the same results.
 
-Every training run here is MobileNetV1 at width 0.125 on 64 synthetic 32x32 images (two
-steps of 32) for one epoch; the module fixture trains the sweep once and the tests read it.
+The tiny sweep's points differ only in what its compiled steps do not depend on (learning
+rate and schedule), and its model and data are conftest.tiny_config's, so it trains with the
+steps the session compiled once. A sweep of three models with a factorized point
+(conversion, fine-tuning) compiles three more and runs with ``-m slow``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,42 @@ EXPERIMENTS = ROOT / "experiments"
 TINY = """
 [sweep]
 name = "tiny"
-description = "Separable against standard on a handful of synthetic images."
+description = "Two learning rates and a cosine schedule on a handful of synthetic images."
+
+[base]
+model = "mobilenet_v1"
+dataset = "synthetic"
+max_train_examples = 256
+max_test_examples = 40
+batch_size = 32
+dropout = 0.1
+augment = false
+lr = 0.05
+schedule = "constant"
+warmup_epochs = {warmup}
+
+[grid]
+lr = [0.05, 0.02]
+
+[[points]]
+label = "cosine"
+schedule = "cosine"
+warmup_epochs = 0.0
+
+[presets.cpu]
+width = 0.25
+epochs = 1
+
+[presets.full]
+width = 1.0
+epochs = 200
+"""
+LABELS = ["lr=0.05", "lr=0.02", "cosine"]
+
+# Three models: standard convolutions, separable ones, and the factorization of the first.
+FACTORIZED = """
+[sweep]
+name = "factorized"
 
 [base]
 model = "mobilenet_v1"
@@ -41,7 +78,7 @@ max_test_examples = 32
 batch_size = 32
 augment = false
 impl = "xla"
-lr = {lr}
+lr = 0.05
 schedule = "constant"
 
 [grid]
@@ -56,12 +93,8 @@ lr = 0.01
 [presets.cpu]
 width = 0.125
 epochs = 1
-
-[presets.full]
-width = 1.0
-epochs = 200
 """
-LABELS = ["conv=standard", "conv=separable", "factorized-M2"]
+FACTORIZED_LABELS = ["conv=standard", "conv=separable", "factorized-M2"]
 
 
 def write(folder: Path, text: str, name: str = "tiny.toml") -> Path:
@@ -212,7 +245,7 @@ resolution = 16
 
 
 def test_cli_errors(tmp_path, capsys):
-    path = write(tmp_path, TINY.format(lr=0.05))
+    path = write(tmp_path, TINY.format(warmup=0.5))
     assert cli.main(sweep_args(path, tmp_path, "--preset", "gpu", "--dry-run")) == 2
     assert "presets ['cpu', 'full'], but got 'gpu'" in capsys.readouterr().err
     assert cli.main(sweep_args(path, tmp_path, "--only", "nope")) == 2
@@ -227,23 +260,28 @@ def test_cli_errors(tmp_path, capsys):
 # A tiny sweep, trained once
 
 
+def run_sweep_cli(path: Path, folder: Path, *more: str) -> tuple[int, list[str]]:
+    """``jaxsep sweep`` in this process: (exit status, stderr lines)."""
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = cli.main(sweep_args(path, folder, *more))
+    return code, err.getvalue().splitlines()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Runs the tiny sweep three times: stopped (as by SIGTERM) inside the first point's
-    first epoch; again (resumes it and trains the rest); and once more (skips everything)."""
+    """Runs the tiny sweep three times: stopped (as by SIGTERM) after the first point's first
+    step; again (resumes it and trains the rest); and once more (skips everything)."""
     folder = tmp_path_factory.mktemp("sweep")
-    path = write(folder, TINY.format(lr=0.05))
+    path = write(folder, TINY.format(warmup=0.5))
     sweep = jsweep.load_sweep(path, runs_dir=folder / "runs", results_dir=folder / "results")
     calls = []
     for stop in (True, False, False):
         states = [jsweep.point_state(p) for p in sweep.points]
         mtimes = {p.label: _mtime(p.out / "summary.json") for p in sweep.points}
-        with pytest.MonkeyPatch.context() as patch, \
-                contextlib.redirect_stderr(io.StringIO()) as err:
+        with pytest.MonkeyPatch.context() as patch:
             if stop:
-                add_hooks(patch, StopAtStep(1))  # stops as SIGTERM would, after step 1
-            code = cli.main(sweep_args(path, folder))
-        log = err.getvalue().splitlines()
+                add_hooks(patch, StopAtStep(1))
+            code, log = run_sweep_cli(path, folder)
         calls.append({"code": code, "states_before": states, "log": log, "mtimes": mtimes})
     return {"folder": folder, "path": path, "sweep": sweep, "calls": calls}
 
@@ -256,12 +294,14 @@ def test_interrupted_point_resumes(tiny):
     first, second, _ = tiny["calls"]
     assert first["code"] == 143  # 128 + SIGTERM, after saving a checkpoint
     assert first["states_before"] == ["new", "new", "new"]
+    assert any("SIGTERM: stopped at epoch 1, step 1 of 8; checkpoint saved to" in line
+               for line in first["log"])
     assert second["states_before"] == ["partial", "new", "new"]
-    assert any("conv=standard: resuming after 0 of 1 epoch " in line for line in second["log"])
+    assert any("lr=0.05: resuming after 0 of 1 epoch " in line for line in second["log"])
     assert second["code"] == 0
-    out = tiny["sweep"].point("conv=standard").out
+    out = tiny["sweep"].point("lr=0.05").out
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1] and metrics[0]["global_step"] == 2
+    assert [m["epoch"] for m in metrics] == [1] and metrics[0]["global_step"] == 8
 
 
 def test_finished_points_are_skipped(tiny):
@@ -289,41 +329,24 @@ def test_results_files(tiny, capsys):
         assert (int(row["params"]), int(row["macs"]), "finished") == dry[row["label"]]
     markdown = (folder / "results" / "tiny_cpu.md").read_text()
     assert markdown.startswith("# tiny (cpu preset)")
-    assert "Separable against standard" in markdown
+    assert "Two learning rates and a cosine schedule" in markdown
     assert "seed=0" in markdown and "augment=false" in markdown and "batch_size=32" in markdown
-    assert "Varying between points: conv, depth_multiplier, lr." in markdown
+    assert "Varying between points: lr, schedule, warmup_epochs." in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(LABELS)
-    assert "| conv=standard | mobilenet_v1 | standard | 0.125 | 32 |" in markdown
+    assert "| lr=0.05 | mobilenet_v1 | separable | 0.25 | 32 |" in markdown
     assert "![test accuracy against parameters and multiply-adds](tiny_cpu.png)" in markdown
     png = (folder / "results" / "tiny_cpu.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
-def test_factorized_point(tiny):
-    sweep = tiny["sweep"]
-    point = sweep.point("factorized-M2")
-    config = TrainConfig.load(point.out / "config.json")
-    assert (config.conv, config.depth_multiplier, config.lr) == ("factorized", 2, 0.01)
-    record = json.loads((point.out / "conversion.json").read_text())
-    assert record["source"] == "conv=standard" and record["depth_multiplier"] == 2
-    assert len(record["relative_errors"]) == 13
-    assert all(0 < e < 1 for e in record["relative_errors"])
-    assert 0.0 <= record["test_accuracy"] <= 1.0
-    with open(tiny["folder"] / "results" / "tiny_cpu.csv", newline="") as file:
-        row = {r["label"]: r for r in csv.DictReader(file)}["factorized-M2"]
-    assert float(row["converted_test_accuracy"]) == record["test_accuracy"]
-    assert float(row["factorize_error"]) == pytest.approx(record["mean_relative_error"])
-    assert row["init_from"] == "conv=standard" and row["conv"] == "factorized"
-
-
 def test_changed_sweep_file_is_refused(tiny, tmp_path, capsys):
     folder = tiny["folder"]
-    changed = write(tmp_path, TINY.format(lr=0.2))  # same name and runs folder, another lr
+    changed = write(tmp_path, TINY.format(warmup=0.25))  # same name and runs folder
     assert cli.main(sweep_args(changed, folder)) == 2
     err = capsys.readouterr().err
     assert "holds a run of a different configuration" in err
-    assert "lr: 0.05 (in the folder) vs 0.2 (in the sweep)" in err
+    assert "warmup_epochs: 0.5 (in the folder) vs 0.25 (in the sweep)" in err
 
 
 def test_collect_only_without_matplotlib(tiny, tmp_path, monkeypatch, capsys):
@@ -356,12 +379,11 @@ def test_records_of_finished_points(tiny, capsys):
     folder, sweep = tiny["folder"], tiny["sweep"]
     for point in sweep.points:
         assert point.record == folder / "results" / "tiny_cpu" / point.label
-        names = RECORDED + (["conversion.json"] if point.factorize else [])
-        assert sorted(p.name for p in point.record.iterdir()) == sorted(names)  # no checkpoints
-        for name in names:
+        assert sorted(p.name for p in point.record.iterdir()) == RECORDED  # no checkpoints
+        for name in RECORDED:
             assert (point.record / name).read_bytes() == (point.out / name).read_bytes()
     # a point finished before records were kept gets its record when the results are collected
-    record = sweep.point("conv=separable").record
+    record = sweep.point("lr=0.02").record
     shutil.rmtree(record)
     assert cli.main(sweep_args(tiny["path"], folder, "--collect-only")) == 0
     capsys.readouterr()
@@ -376,11 +398,10 @@ def test_records_alone_skip_and_give_the_same_results(tiny):
     runs.rename(moved)  # a fresh checkout: the committed records, no run folders
     try:
         assert [jsweep.point_state(p) for p in sweep.points] == ["recorded"] * 3
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            assert cli.main(sweep_args(tiny["path"], folder)) == 0
-        log = err.getvalue()
-        assert log.count(f"finished before (recorded in {results / 'tiny_cpu'}") == 3
-        assert not runs.exists()  # nothing trained, nothing converted
+        code, log = run_sweep_cli(tiny["path"], folder)
+        assert code == 0
+        assert "\n".join(log).count(f"finished before (recorded in {results / 'tiny_cpu'}") == 3
+        assert not runs.exists()  # nothing trained
         assert {name: (results / name).read_text() for name in before} == before
     finally:
         shutil.rmtree(runs, ignore_errors=True)
@@ -388,16 +409,41 @@ def test_records_alone_skip_and_give_the_same_results(tiny):
 
 
 def test_record_of_another_configuration_is_not_finished(tiny, tmp_path):
-    changed = write(tmp_path, TINY.format(lr=0.2))  # the factorized point sets its own lr
+    changed = write(tmp_path, TINY.format(warmup=0.25))  # "cosine" sets its own warm-up
     sweep = jsweep.load_sweep(changed, runs_dir=tmp_path / "runs",
                               results_dir=tiny["folder"] / "results")
     assert [jsweep.point_state(p) for p in sweep.points] == ["new", "new", "recorded"]
     assert [jsweep.point_state(p, records=False) for p in sweep.points] == ["new"] * 3
 
 
-def test_factorized_point_needs_its_source_checkpoint(tiny, tmp_path, capsys):
-    path = write(tmp_path, TINY.format(lr=0.05))
-    _records_only(tiny, tmp_path, ["conv=standard"])
+def test_retrain_ignores_the_record(tiny, tmp_path, monkeypatch):
+    path = write(tmp_path, TINY.format(warmup=0.5))
+    _records_only(tiny, tmp_path, LABELS)
+    sweep = jsweep.load_sweep(path, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    trained = []
+    monkeypatch.setattr("jaxsep.train.train_and_evaluate", lambda c: trained.append(c.out))
+    log = []
+    outcomes = jsweep.run_sweep(sweep, only=["lr=0.02"], retrain=["lr=0.05"], log=log.append)
+    assert [(o.label, o.action) for o in outcomes] == [
+        ("lr=0.05", "trained"), ("lr=0.02", "skipped")]  # --retrain joins --only
+    assert trained == [str(sweep.point("lr=0.05").out)]
+    assert "lr=0.02: finished before (recorded in " in log[-1]
+    record = sweep.point("lr=0.05").record  # no finished run: the record stays as it was
+    assert (record / "summary.json").read_bytes() == (
+        tiny["sweep"].point("lr=0.05").record / "summary.json").read_bytes()
+
+
+def fake_record(point) -> None:
+    """A record that says ``point`` finished (its config and a summary of all its epochs)."""
+    point.record.mkdir(parents=True)
+    (point.record / "config.json").write_text(point.config.to_json())
+    (point.record / "summary.json").write_text(json.dumps({"epochs": point.config.epochs}))
+
+
+def test_factorized_point_needs_its_source_checkpoint(tmp_path, capsys):
+    path = write(tmp_path, FACTORIZED, "factorized.toml")
+    sweep = jsweep.load_sweep(path, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
+    fake_record(sweep.point("conv=standard"))
     for more in ([], ["--only", "factorized-M2"]):
         assert cli.main(sweep_args(path, tmp_path, *more)) == 2
         err = capsys.readouterr().err
@@ -410,22 +456,34 @@ def test_factorized_point_needs_its_source_checkpoint(tiny, tmp_path, capsys):
     assert parse_dry_run(capsys.readouterr().out)["conv=standard"][2] == "new"
 
 
-def test_retrain_ignores_the_record(tiny, tmp_path, monkeypatch):
-    path = write(tmp_path, TINY.format(lr=0.05))
-    _records_only(tiny, tmp_path, LABELS)
+@pytest.mark.slow
+def test_factorized_point(tmp_path):
+    """Three models (15-30 s of compiling each): a factorized point converts its source's
+    best checkpoint, records the conversion, fine-tunes, and its row reports both."""
+    path = write(tmp_path, FACTORIZED, "factorized.toml")
+    code, log = run_sweep_cli(path, tmp_path)
+    assert code == 0, log
     sweep = jsweep.load_sweep(path, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results")
-    trained = []
-    monkeypatch.setattr("jaxsep.train.train_and_evaluate", lambda c: trained.append(c.out))
-    log = []
-    outcomes = jsweep.run_sweep(sweep, only=["conv=separable"], retrain=["conv=standard"],
-                                log=log.append)
-    assert [(o.label, o.action) for o in outcomes] == [
-        ("conv=standard", "trained"), ("conv=separable", "skipped")]  # --retrain joins --only
-    assert trained == [str(sweep.point("conv=standard").out)]
-    assert "conv=separable: finished before (recorded in " in log[-1]
-    record = sweep.point("conv=standard").record  # no finished run: the record stays as it was
-    assert (record / "summary.json").read_bytes() == (
-        tiny["sweep"].point("conv=standard").record / "summary.json").read_bytes()
+    point = sweep.point("factorized-M2")
+    config = TrainConfig.load(point.out / "config.json")
+    assert (config.conv, config.depth_multiplier, config.lr) == ("factorized", 2, 0.01)
+    record = json.loads((point.out / "conversion.json").read_text())
+    assert record["source"] == "conv=standard" and record["depth_multiplier"] == 2
+    assert len(record["relative_errors"]) == 13
+    assert all(0 < e < 1 for e in record["relative_errors"])
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert sorted(p.name for p in point.record.iterdir()) == sorted(RECORDED + ["conversion.json"])
+    with open(tmp_path / "results" / "factorized_cpu.csv", newline="") as file:
+        rows = {r["label"]: r for r in csv.DictReader(file)}
+    assert list(rows) == FACTORIZED_LABELS
+    row = rows["factorized-M2"]
+    assert float(row["converted_test_accuracy"]) == record["test_accuracy"]
+    assert float(row["factorize_error"]) == pytest.approx(record["mean_relative_error"])
+    assert row["init_from"] == "conv=standard" and row["conv"] == "factorized"
+    markdown = (tmp_path / "results" / "factorized_cpu.md").read_text()
+    assert "Varying between points: conv, depth_multiplier, lr." in markdown
+    assert "| conv=standard | mobilenet_v1 | standard | 0.125 | 32 |" in markdown
+    assert "After conversion: the converted model's test accuracy" in markdown
 
 
 def test_compact_count_labels_the_log_axis_ticks_shortly():

@@ -1,0 +1,72 @@
+"""Sweeps (``jaxsep sweep``): a grid of training runs from one TOML file, run through
+:func:`jaxsep.train.train_and_evaluate` and collected into a table and a plot.
+
+A sweep is resumable and its small result files (records) outlive the run folders, so a
+fresh checkout regenerates the same results; the file format, the records and factorized
+points are described in ``docs/sweeps.md``.
+
+Modules: :mod:`~jaxsep.sweep.spec` (the sweep file), :mod:`~jaxsep.sweep.state` (the points'
+states and records), :mod:`~jaxsep.sweep.runner` (``run_sweep``),
+:mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.report` (CSV,
+Markdown, plot, dry run) and :mod:`~jaxsep.sweep.command` (the subcommand).
+"""
+
+from jaxsep.sweep.command import (
+    add_sweep_arguments as add_sweep_arguments,
+    run_sweep_command as run_sweep_command,
+)
+from jaxsep.sweep.factorize import convert_point as convert_point
+from jaxsep.sweep.report import (
+    BOOKKEEPING_FIELDS as BOOKKEEPING_FIELDS,
+    CSV_FIELDS as CSV_FIELDS,
+    Collected as Collected,
+    _compact_count as _compact_count,
+    _shared_and_varying as _shared_and_varying,
+    collect as collect,
+    dry_run_table as dry_run_table,
+    point_costs as point_costs,
+)
+from jaxsep.sweep.runner import Outcome as Outcome, run_sweep as run_sweep
+from jaxsep.sweep.spec import (
+    CONVERTED as CONVERTED,
+    DEFAULT_PRESET as DEFAULT_PRESET,
+    DEFAULT_RESULTS_DIR as DEFAULT_RESULTS_DIR,
+    POINT_KEYS as POINT_KEYS,
+    SECTIONS as SECTIONS,
+    STORED_RESOLUTION as STORED_RESOLUTION,
+    SWEEP_SET_FIELDS as SWEEP_SET_FIELDS,
+    Point as Point,
+    Sweep as Sweep,
+    SweepError as SweepError,
+    load_sweep as load_sweep,
+    select as select,
+    sweep_from_dict as sweep_from_dict,
+)
+from jaxsep.sweep.state import (
+    CONVERSION_FILE as CONVERSION_FILE,
+    IGNORED_FIELDS as IGNORED_FIELDS,
+    RECORD_FILES as RECORD_FILES,
+    point_state as point_state,
+)
+from jaxsep.train.model_from_config import model_options as model_options
+
+__all__ = [
+    "CSV_FIELDS",
+    "Collected",
+    "Outcome",
+    "Point",
+    "Sweep",
+    "SweepError",
+    "add_sweep_arguments",
+    "collect",
+    "convert_point",
+    "dry_run_table",
+    "load_sweep",
+    "model_options",
+    "point_costs",
+    "point_state",
+    "run_sweep",
+    "run_sweep_command",
+    "select",
+    "sweep_from_dict",
+]
