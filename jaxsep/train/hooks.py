@@ -21,6 +21,8 @@ from typing import Any
 
 import jax
 
+from jaxsep._validation import check_int, fail
+
 __all__ = [
     "CheckpointEvery",
     "Hook",
@@ -156,18 +158,12 @@ def deprecated_sigterm_hook_env() -> str:
     return "JAXSEP_TEST_SIGTERM_AT_STEP"
 
 
-def _check_step_count(where: str, name: str, value: Any) -> int:
-    from jaxsep._validation import check_int
-
-    return check_int(where, name, value, minimum=1)
-
-
 class CheckpointEvery(Hook):
     """Requests a checkpoint every ``steps`` global steps inside an epoch (the loop adds it
     for ``config.checkpoint_every_steps``)."""
 
     def __init__(self, steps: int):
-        self.steps = _check_step_count("CheckpointEvery", "steps", steps)
+        self.steps = check_int("CheckpointEvery", "steps", steps)
 
     def after_step(self, step: Step, loop: Loop) -> None:
         if step.global_step % self.steps == 0 and step.step < step.steps_per_epoch:
@@ -179,7 +175,7 @@ class StopAtStep(Hook):
     would: a step budget per session, or an interruption in a test."""
 
     def __init__(self, global_step: int, signum: int = signal.SIGTERM):
-        self.global_step = _check_step_count("StopAtStep", "global_step", global_step)
+        self.global_step = check_int("StopAtStep", "global_step", global_step)
         self.signum = signum
 
     def after_step(self, step: Step, loop: Loop) -> None:
@@ -193,7 +189,7 @@ class LogEvery(Hook):
     ``jaxsep.train`` logger). A small example of a custom-logging hook."""
 
     def __init__(self, steps: int, log: Callable[[str], Any] | None = None):
-        self.steps = _check_step_count("LogEvery", "steps", steps)
+        self.steps = check_int("LogEvery", "steps", steps)
         self.log = log or logging.getLogger("jaxsep.train").info
 
     def after_step(self, step: Step, loop: Loop) -> None:
@@ -209,10 +205,10 @@ class Profile(Hook):
 
     def __init__(self, log_dir: str | Path, first: int, last: int | None = None):
         self.log_dir = str(log_dir)
-        self.first = _check_step_count("Profile", "first", first)
-        self.last = self.first if last is None else _check_step_count("Profile", "last", last)
+        self.first = check_int("Profile", "first", first)
+        self.last = self.first if last is None else check_int("Profile", "last", last)
         if self.last < self.first:
-            raise ValueError(f"Profile: last must be >= first ({self.first}), but got {last!r}")
+            fail("Profile", "last", f">= first ({self.first})", last)
         self.tracing = False
 
     def _start(self, done: int) -> None:
