@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -322,7 +321,7 @@ def test_hooks_see_every_step_and_may_stop_between_epochs(reference_run, tmp_pat
     (its end saved) and resumes exactly. Plain callables are after_step hooks."""
     out = tmp_path / "run"
     first, second, plain = Recorder(), Recorder(stop_after_epoch=1), []
-    with pytest.raises(train.TrainingInterrupted) as stopped:
+    with pytest.raises(train.TrainingInterrupted):
         train.train_and_evaluate(tiny_config(out), hooks=[first, hooks.StopAtStep(5)])
     with pytest.raises(train.TrainingInterrupted) as between:
         train.train_and_evaluate(tiny_config(out), hooks=[second])

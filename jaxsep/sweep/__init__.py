@@ -44,11 +44,11 @@ from jaxsep.sweep.spec import (
 )
 from jaxsep.sweep.state import (
     CONVERSION_FILE as CONVERSION_FILE,
-    IGNORED_FIELDS as IGNORED_FIELDS,
     RECORD_FILES as RECORD_FILES,
     point_state as point_state,
 )
 from jaxsep.train.model_from_config import model_options as model_options
+from jaxsep.train.run_folder import IGNORED_FIELDS as IGNORED_FIELDS
 
 __all__ = [
     "CSV_FIELDS",

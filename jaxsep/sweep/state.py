@@ -9,7 +9,6 @@ from pathlib import Path
 from jaxsep._io import atomic_write
 from jaxsep.sweep.spec import Point, SweepError
 from jaxsep.train import run_folder
-from jaxsep.train.run_folder import IGNORED_FIELDS as IGNORED_FIELDS
 
 __all__ = ["CONVERSION_FILE", "RECORD_FILES", "point_state"]
 

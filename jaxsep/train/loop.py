@@ -331,7 +331,7 @@ class _Trainer:
         """Runs the remaining steps of the current epoch, calling the hooks after each. Each
         step is dispatched before the previous one's loss is read, so the host never idles
         the device."""
-        config, position, stop, loop = self.config, self.position, self.stop, self.loop
+        position, stop, loop = self.position, self.stop, self.loop
         steps_per_epoch = self.setup.steps_per_epoch
         epoch, first_step = position["epoch"], position["step_in_epoch"]
         if first_step == 0:
