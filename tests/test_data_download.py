@@ -48,6 +48,7 @@ def test_download_checksum_mismatch_keeps_nothing(monkeypatch, cache_dir, offici
     point_download_at(monkeypatch, archive, "0" * 32)
     with pytest.raises(RuntimeError, match="checksum mismatch") as error:
         data.load_cifar10()
+    assert isinstance(error.value, data.DataUnavailableError)
     message = str(error.value)
     assert "cifar-10-python.tar.gz" in message and archive.as_uri() in message
     assert "0" * 32 in message and md5_of(archive) in message
@@ -59,6 +60,7 @@ def test_download_failure_says_what_to_pass(monkeypatch, cache_dir, tmp_path):
     point_download_at(monkeypatch, missing, "0" * 32)
     with pytest.raises(RuntimeError, match="could not download") as error:
         data.load_cifar10()
+    assert isinstance(error.value, data.DataUnavailableError)
     message = str(error.value)
     assert missing.as_uri() in message and str(cache_dir) in message
     assert "data_dir=" in message and "--data-dir" in message and "train/<class>" in message

@@ -23,6 +23,7 @@ _USER_DATA_DIR = os.environ.get("JAXSEP_DATA_DIR")
 def test_no_download_and_no_data(cache_dir):
     with pytest.raises(FileNotFoundError, match="download=False") as error:
         data.load_cifar10(download=False)
+    assert isinstance(error.value, data.DataUnavailableError)
     assert str(cache_dir) in str(error.value) and "--data-dir" in str(error.value)
 
 
