@@ -49,9 +49,9 @@ from jaxsep.data.synthetic import (
 
 # Private helpers that were importable from jaxsep.data before it became a package. Patching
 # them here changes nothing: patch their owner module (e.g. jaxsep.data.load._decode_source).
-from jaxsep.data.cache import _read_cache  # noqa: E402,F401
-from jaxsep.data.decode import _decode_source, _natural_sort_key  # noqa: E402,F401
-from jaxsep.data.load import _download_cifar10  # noqa: E402,F401
+from jaxsep.data.cache import _read_cache  # noqa: F401
+from jaxsep.data.decode import _decode_source, _natural_sort_key  # noqa: F401
+from jaxsep.data.load import _download_cifar10  # noqa: F401
 
 __all__ = [
     "CIFAR10_CLASSES",
