@@ -324,19 +324,27 @@ def check_groups(op: str, x: Any, kernel: Any, channels_last: bool, groups: Any)
     return groups
 
 
+def _check_depthwise_shape(
+    op: str, name: str, shape: tuple[int, ...], divisor: int, what: str
+) -> None:
+    """A ``(*K, 1, C * M)`` kernel: dim -2 is 1 and the last dim a positive multiple of
+    ``divisor`` (``what`` names it: the channels C, or the depth multiplier M)."""
+    if shape[-2] != 1:
+        raise ValueError(
+            f"{op}: {name} must have shape (*K, 1, C * depth_multiplier), but dim -2 of "
+            f"{name} of shape {shape} is {shape[-2]}, not 1"
+        )
+    if shape[-1] == 0 or shape[-1] % divisor:
+        raise ValueError(
+            f"{op}: {name}'s last dim must be a positive multiple of {what} "
+            f"(C * depth_multiplier), but got {name} of shape {shape}"
+        )
+
+
 def check_depthwise_kernel(op: str, name: str, kernel: Any, channels: int) -> int:
     """Returns the depth multiplier ``M`` of a ``(*K, 1, C * M)`` kernel for ``C`` channels."""
     shape = _shape(kernel)
-    if shape[-2] != 1:
-        raise ValueError(
-            f"{op}: {name} must have shape (*window, 1, C * depth_multiplier), but dim -2 of "
-            f"{name} of shape {shape} is {shape[-2]}, not 1"
-        )
-    if shape[-1] == 0 or shape[-1] % channels:
-        raise ValueError(
-            f"{op}: {name}'s last dim must be a positive multiple of the input channels "
-            f"C={channels} (C * depth_multiplier), but got {name} of shape {shape}"
-        )
+    _check_depthwise_shape(op, name, shape, channels, f"the input channels C={channels}")
     return shape[-1] // channels
 
 
@@ -351,17 +359,9 @@ def depthwise_window_and_channels(
             f"{op}: depthwise_kernel must have shape (*K, 1, C * depth_multiplier) with at "
             f"least one spatial dim, but got depthwise_kernel of shape {shape}"
         )
-    if shape[-2] != 1:
-        raise ValueError(
-            f"{op}: depthwise_kernel must have shape (*K, 1, C * depth_multiplier), but dim -2 "
-            f"of depthwise_kernel of shape {shape} is {shape[-2]}, not 1"
-        )
-    if shape[-1] == 0 or shape[-1] % multiplier:
-        raise ValueError(
-            f"{op}: depthwise_kernel's last dim must be a positive multiple of "
-            f"depth_multiplier={multiplier} (it is C * depth_multiplier), but got "
-            f"depthwise_kernel of shape {shape}"
-        )
+    _check_depthwise_shape(
+        op, "depthwise_kernel", shape, multiplier, f"depth_multiplier={multiplier}"
+    )
     return shape[:-2], shape[-1] // multiplier
 
 
