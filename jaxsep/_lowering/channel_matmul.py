@@ -1,24 +1,12 @@
 """``channel_matmul``: ``x (..., C) @ w (C, O)``, a primitive with a kernel-gradient rule that
 XLA:CPU runs fast.
 
-Why a primitive. The pointwise (1x1) convolution is one ``dot_general`` over the channel axis.
-JAX's transpose rule for its kernel computes ``dot_general(g, x)`` over the leading axes, an
-``(O, C)`` product transposed afterwards; XLA:CPU lowers that by first writing the incoming
-gradient ``g`` (with whatever elementwise backward is fused into it, e.g. BatchNorm's) in
-transposed ``(O, M)`` order, a strided write that cost ~145 ms of a ~650 ms MobileNetV1
-training step. Written as ``transpose(x) @ g`` instead, only the activation ``x`` is
-transposed and ``g`` is read as it is. A ``custom_vjp`` could say this, but a function with a
-``custom_vjp`` cannot be differentiated in forward mode (no ``jvp``, no forward-over-reverse
-Hessian-vector products), which ``pointwise_conv`` supports. A primitive with JAX's own
-bilinear rule (:func:`jax.interpreters.ad.defbilinear`, as ``dot_general`` uses) keeps every
-transformation: ``jvp`` of it is two ``channel_matmul`` calls, and its two transposes are
-ordinary JAX code, itself differentiable to any order.
-
-Everything else is ``dot_general``'s: the lowering is ``lax.dot_general`` (so XLA, GSPMD
-sharding propagation and every backend see a plain dot), shapes, dtypes and explicit
-shardings come from ``dot_general``'s rules, inside ``shard_map`` the operands are cast to
-vary alike as for any binary primitive, ``vmap`` over ``x`` folds the batch into the leading
-axes, and ``vmap`` over the kernel falls back to a batched ``dot_general``.
+The pointwise (1x1) convolution is one ``dot_general`` over the channel axis, but JAX's
+transpose for its kernel makes XLA:CPU first write the incoming gradient in transposed order;
+this primitive computes the kernel gradient as ``transpose(x) @ g`` instead. It is a primitive
+with JAX's own bilinear rule (not a ``custom_vjp``), so ``jvp``, every order of derivative,
+``vmap``, ``checkpoint`` and sharding keep working; everything but the kernel transpose is
+``dot_general``'s. Why and how, with the measurement: ``docs/design/lowerings.md``.
 """
 
 from __future__ import annotations
@@ -83,8 +71,8 @@ def _transpose_x(g: jax.Array, x: Any, w: jax.Array, *, precision: Any,
 
 def _transpose_w(g: jax.Array, x: jax.Array, w: Any, *, precision: Any,
                  preferred_element_type: Any) -> jax.Array:
-    """``dw (C, O) = x.T (C, M) @ g (M, O)`` over the ``M`` leading positions (see the module
-    docstring for why the activation, not the gradient, is the transposed operand)."""
+    """``dw (C, O) = x.T (C, M) @ g (M, O)`` over the ``M`` leading positions (the activation,
+    not the gradient, is the transposed operand: see the module docstring)."""
     channels, out = w.aval.shape
     rows = x.reshape(-1, channels).T
     dw = lax.dot_general(
