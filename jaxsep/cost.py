@@ -30,6 +30,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from jaxsep import _validation as v
+from jaxsep._lowering.channel_matmul import channel_matmul_p
 from jaxsep._lowering.taps import TAPS_NAME as TAPS_NAME
 
 __all__ = ["ConvCost", "MacCount", "conv_cost", "count_macs", "count_params"]
@@ -303,7 +304,7 @@ def _walk(jaxpr: Any) -> dict[str, int]:
             _add(counts, {name: _conv_macs(eqn)})
         elif name == "dot_general":
             _add(counts, {name: _dot_macs(eqn)})
-        elif name == "channel_matmul":
+        elif name == channel_matmul_p.name:
             _add(counts, {name: _channel_matmul_macs(eqn)})
         elif name == "scan":
             _add(counts, _walk(eqn.params["jaxpr"].jaxpr), eqn.params["length"])
