@@ -1,4 +1,4 @@
-"""The measuring method shared by the benchmarks under experiments/ (see PERF-NOTES.md).
+"""The measuring method shared by the benchmarks under experiments/ (see docs/performance.md).
 
 All implementations of one configuration run in one process. Each round times a block of
 ``calls`` calls of each implementation in turn (the first call of a block dropped: it warms

@@ -19,7 +19,7 @@ Layers:
 * the grouped 1x1 layers of a stride-1 ShuffleNet v1 unit of stage 2 (CIFAR variant, 16x16,
   width 1) for g = 3 and 8: the ``C -> C / 4`` bottleneck and the ``C / 4 -> C`` expansion.
 
-Method (see PERF-NOTES.md), as in ``bench_ops.py``: every implementation of one layer runs in
+Method (see docs/performance.md), as in ``bench_ops.py``: every implementation of one layer runs in
 the same process, in blocks of calls (the first call of each block dropped), the order of
 implementations rotated between rounds; the figure is the median over rounds of each round's
 median. Compilation (``jit(...).lower(...).compile()``) is timed on its own, before timing.

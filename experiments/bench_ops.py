@@ -6,7 +6,7 @@ batch 128 (NHWC, 3x3, SAME), for ``impl="xla"`` (grouped ``lax.conv_general_dila
 bandwidth yardstick; and PyTorch's channels-last depthwise ``conv2d(groups=C)`` when torch is
 importable (on the CPU, or on CUDA when JAX runs on a GPU and torch sees one).
 
-Method (see PERF-NOTES.md): every implementation of one layer runs in the same process, in
+Method (see docs/performance.md): every implementation of one layer runs in the same process, in
 blocks of calls (the first call of each block dropped), the order of implementations rotated
 between rounds; the figure is the median over rounds of each round's median. Compilation is
 done before timing. Ratios are computed per round, then the median taken. "fwd+bwd" returns
@@ -54,7 +54,7 @@ from _timing import (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # (H, W, C, stride): the depthwise layers of jaxsep's CIFAR MobileNetV1 at width 1.0, plus the
-# 4x4x1024 layer named in the issue and PERF-NOTES.md.
+# 4x4x1024 layer named in the issue that asked for this benchmark.
 LAYERS = [
     (32, 32, 32, 1),
     (32, 32, 64, 2),

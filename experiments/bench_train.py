@@ -15,7 +15,7 @@ built three ways:
   momentum and weight decay, when ``import torch`` works (``--no-torch`` skips it). It trains
   on a fixed batch (no gather or augmentation), so it is, if anything, flattered.
 
-Method (see PERF-NOTES.md): everything runs in one process; each round times a block of
+Method (see docs/performance.md): everything runs in one process; each round times a block of
 ``--steps`` steps of each implementation in turn (one step per call, the first call of each
 block dropped), the order rotated between rounds; a round's figure is the median of its
 kept calls, and the report the median over rounds. Ratios are taken per round, then the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,28 +26,6 @@ from jax import lax
 from jaxsep import _validation as v
 
 __all__ = ["Factorization", "factorize_conv", "fuse_separable"]
-
-
-def _check_depthwise(op: str, kernel: Any, multiplier: int) -> tuple[tuple[int, ...], int]:
-    """Returns the window ``K`` and the channels ``C`` of a ``(*K, 1, C * M)`` kernel."""
-    shape = tuple(np.shape(kernel))
-    if len(shape) < 3:
-        raise ValueError(
-            f"{op}: depthwise_kernel must have shape (*K, 1, C * depth_multiplier) with at "
-            f"least one spatial dim, but got depthwise_kernel of shape {shape}"
-        )
-    if shape[-2] != 1:
-        raise ValueError(
-            f"{op}: depthwise_kernel must have shape (*K, 1, C * depth_multiplier), but dim -2 "
-            f"of depthwise_kernel of shape {shape} is {shape[-2]}, not 1"
-        )
-    if shape[-1] == 0 or shape[-1] % multiplier:
-        raise ValueError(
-            f"{op}: depthwise_kernel's last dim must be a positive multiple of "
-            f"depth_multiplier={multiplier} (it is C * depth_multiplier), but got "
-            f"depthwise_kernel of shape {shape}"
-        )
-    return shape[:-2], shape[-1] // multiplier
 
 
 def fuse_separable(
@@ -76,7 +54,7 @@ def fuse_separable(
     m = v.check_int(op, "depth_multiplier", depth_multiplier)
     v.check_float_dtype(op, "depthwise_kernel", depthwise_kernel)
     v.check_float_dtype(op, "pointwise_kernel", pointwise_kernel)
-    window, c = _check_depthwise(op, depthwise_kernel, m)
+    window, c = v.depthwise_window_and_channels(op, depthwise_kernel, m)
     rank = len(window)
     pw_shape = tuple(np.shape(pointwise_kernel))
     if len(pw_shape) not in (2, rank + 2) or any(s != 1 for s in pw_shape[:-2]):

@@ -14,12 +14,17 @@ every subcommand can be tested by calling ``main([...])``.
 
 train, eval and sweep first call :func:`jaxsep.host_memory.reuse_host_memory_from_env` (glibc
 keeps freed host memory for the next step; ``JAXSEP_REUSE_HOST_MEMORY=0`` opts out).
+
+When CIFAR-10 is neither on the machine nor downloadable (``jaxsep.data.DataUnavailableError``),
+``main`` prints the loader's message as one line with the offline alternatives and returns 2;
+``--verbose`` (before or after the subcommand) adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from jaxsep._choices import CONV_KINDS, VARIANTS
@@ -176,18 +181,52 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
 }
 
 
+VERBOSE_HELP = "when CIFAR-10 can be neither found nor downloaded, also print the traceback"
+
+# What each subcommand that loads data can do when CIFAR-10 is not on the machine and cannot be
+# downloaded.
+_OFFLINE_HINTS = {
+    "train": "offline, --dataset synthetic needs no data and --data-dir DIR points at a local "
+    "copy",
+    "eval": "--data-dir DIR points at a local copy",
+    "sweep": 'offline, data_dir = "DIR" in the sweep file\'s [base] points at a local copy',
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxsep",
         description="Depthwise-separable convolutions for JAX: models and tools.",
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS.values():
         add(subparsers)
+    for name in _OFFLINE_HINTS:  # the subcommands that load data
+        # SUPPRESS: unless given here, the subcommand leaves `jaxsep --verbose CMD` as it is.
+        subparsers.choices[name].add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (argparse errors exit with 2)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except RuntimeError as error:
+        # Only the data package raises this, so it is loaded by now: the import is free.
+        from jaxsep.data import DataUnavailableError
+
+        if not isinstance(error, DataUnavailableError):
+            raise
+        if args.verbose:
+            traceback.print_exception(error, file=sys.stderr)
+        message = str(error).replace("\n", " ")
+        hint = _OFFLINE_HINTS.get(args.command)
+        print(
+            f"jaxsep {args.command}: error: {message}" + (f" ({hint})" if hint else ""),
+            file=sys.stderr,
+        )
+        return 2

@@ -30,12 +30,11 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from jaxsep import _validation as v
+from jaxsep._lowering.channel_matmul import channel_matmul_p
+from jaxsep._lowering.taps import TAPS_NAME as TAPS_NAME
 
 __all__ = ["ConvCost", "MacCount", "conv_cost", "count_macs", "count_params"]
 
-# The ``name`` param of the jit eqn that wraps the taps lowering of the depthwise convolution
-# (``jaxsep._taps``); count_macs counts that call analytically and does not look inside it.
-TAPS_NAME = "depthwise_taps"
 # Call-like primitives whose ``name`` param names the wrapped function (``pjit`` before jax 0.7).
 _JIT_PRIMITIVES = ("jit", "pjit")
 
@@ -305,7 +304,7 @@ def _walk(jaxpr: Any) -> dict[str, int]:
             _add(counts, {name: _conv_macs(eqn)})
         elif name == "dot_general":
             _add(counts, {name: _dot_macs(eqn)})
-        elif name == "channel_matmul":
+        elif name == channel_matmul_p.name:
             _add(counts, {name: _channel_matmul_macs(eqn)})
         elif name == "scan":
             _add(counts, _walk(eqn.params["jaxpr"].jaxpr), eqn.params["length"])
@@ -345,10 +344,11 @@ def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MacCount:
       * ``dot_general``: batch x free x contracting sizes (``@``, einsum, the channels-first
         pointwise conv).
       * ``channel_matmul``: output elements x input channels (the channels-last pointwise
-        conv; a ``dot_general`` with its own kernel-gradient rule, ``jaxsep._channel_matmul``).
-      * the taps lowering of the depthwise conv (a ``jit`` eqn named ``"depthwise_taps"`` whose
-        inputs are the padded ``x`` and the ``(*K, 1, C * M)`` kernel): output elements x
-        ``prod(K)``, without looking inside it. ``grouped_conv``'s "taps" lowering is
+        conv; a ``dot_general`` with its own kernel-gradient rule,
+        ``jaxsep._lowering.channel_matmul``).
+      * the taps lowering of the depthwise conv (a ``jit`` eqn named :data:`TAPS_NAME`,
+        ``"depthwise_taps"``, whose inputs are the padded ``x`` and the ``(*K, 1, C * M)``
+        kernel): output elements x ``prod(K)``, without looking inside it. ``grouped_conv``'s "taps" lowering is
         ``C // G`` such calls (its "split" lowering is ``G`` dense convs or channel matmuls), so a
         grouped conv counts ``C // G`` inputs per output under every lowering.
 

@@ -1,24 +1,18 @@
 """Host-memory reuse for XLA:CPU: keep freed memory in the process instead of the OS.
 
-An XLA:CPU executable allocates its temporaries for every call; a MobileNetV1 training step
-at width 1.0 and batch 128 needs over a gigabyte of them. glibc's malloc serves such large
-blocks with a fresh ``mmap`` and hands them back with ``munmap`` on free, and blocks
-requested from a worker thread come from that thread's arena, whose heaps are capped at
-64 MiB, so they are always fresh mappings. Every step then pays a page fault and a zeroed
-page for each 4 KiB it touches (about 300k faults per step, ``../shared/PERF-NOTES.md``):
-on a 2-core AVX-512 Xeon, 29% of the step at width 1.0
-(``experiments/results/xeon_avx512/bench_train_cpu.md`` against
-``experiments/results/xeon_avx512/no_reuse_host_memory/bench_train_cpu.md``).
+An XLA:CPU executable allocates its temporaries on every call (over a gigabyte for a
+MobileNetV1 training step at width 1.0, batch 128). glibc's malloc serves such blocks with a
+fresh ``mmap`` (worker threads' arenas are capped at 64 MiB) and unmaps them on free, so every
+step pays a page fault and a zeroed page per 4 KiB it touches.
 
-:func:`reuse_host_memory` tells glibc to serve every thread from the main arena, to take
-blocks of up to 2 GiB from the heap rather than from ``mmap``, and never to trim the heap
-back to the OS. Memory freed by one step is then reused by the next, at the price of a
-resident set that stays at its high-water mark (as PyTorch's caching allocators do on GPU).
+:func:`reuse_host_memory` makes glibc serve every thread from the main arena, take blocks of up
+to 2 GiB from the heap rather than ``mmap``, and never trim the heap: the next step reuses what
+the last one freed, at the price of a resident set that stays at its high-water mark (as
+PyTorch's caching allocators do on GPU). Measured gains: ``docs/performance.md``.
 
-``jaxsep train``, ``jaxsep sweep`` and ``jaxsep eval`` call it at start-up (set
-``JAXSEP_REUSE_HOST_MEMORY=0`` to opt out); Python users call it themselves, early. The same
-settings can be given before the process starts, for any program, with
-``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES`.
+``jaxsep train``, ``sweep`` and ``eval`` call it at start-up (``JAXSEP_REUSE_HOST_MEMORY=0``
+opts out); Python users call it themselves, before the first computation, or start the
+process with ``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES`.
 """
 
 from __future__ import annotations

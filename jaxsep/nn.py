@@ -71,122 +71,39 @@ default_bias_init: Initializer = nnx.initializers.zeros_init()
 # parameters are reported apart (summary).
 NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm, nnx.InstanceNorm)
 
-# A size large enough that any window fits: used to validate padding before an input exists.
-_ANY_SIZE = 1 << 20
-
 
 # ---------------------------------------------------------------------------------------------
-# Construction-time checks (messages in the jax.lax style: who, the rule, "but", the values).
+# Helpers shared by the modules (argument checks live in jaxsep._validation).
 
 
-def _rank_and_window(
-    name: str, kernel_size: int | Sequence[int], spatial_dims: int | None
-) -> tuple[int, tuple[int, ...]]:
-    """Resolves ``kernel_size`` and ``spatial_dims`` to (rank, window); never guesses a rank."""
-    if spatial_dims is not None:
-        spatial_dims = v.check_int(name, "spatial_dims", spatial_dims)
-        if spatial_dims not in v.CHANNELS_LAST_FORMAT:
-            raise ValueError(f"{name}: spatial_dims must be 1, 2 or 3, but got {spatial_dims}")
-    if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
-        window = tuple(v.check_int(name, "kernel_size", k) for k in kernel_size)
-        if len(window) not in v.CHANNELS_LAST_FORMAT:
-            raise ValueError(
-                f"{name}: kernel_size must have 1, 2 or 3 entries (one per spatial dim), "
-                f"but got {tuple(kernel_size)!r}"
-            )
-        if spatial_dims is not None and spatial_dims != len(window):
-            raise ValueError(
-                f"{name}: spatial_dims must equal len(kernel_size), but got "
-                f"spatial_dims={spatial_dims} and kernel_size={window}"
-            )
-        return len(window), window
-    size = v.check_int(name, "kernel_size", kernel_size)
-    if spatial_dims is None:
-        raise ValueError(
-            f"{name}: an int kernel_size needs an explicit spatial_dims (1, 2 or 3), but got "
-            f"kernel_size={size} and spatial_dims=None; pass kernel_size={(size, size)} or "
-            f"spatial_dims=2 for a 2-D kernel"
-        )
-    return spatial_dims, (size,) * spatial_dims
+def _set_window(module: nnx.Module, spec: v.WindowSpec) -> None:
+    """Stores a module's checked window arguments (:func:`jaxsep._validation.window_spec`)."""
+    module.spatial_dims, module.kernel_size = spec.spatial_dims, spec.kernel_size
+    module.strides, module.dilation, module.padding = spec.strides, spec.dilation, spec.padding
+    module.padding_mode, module.data_format = spec.padding_mode, spec.data_format
 
 
-def _check_data_format(name: str, data_format: str | None, rank: int | None) -> str | None:
-    if data_format is None:
-        return None
-    if not isinstance(data_format, str) or data_format.upper() not in v.DATA_FORMATS:
-        raise ValueError(
-            f"{name}: data_format must be one of {sorted(v.DATA_FORMATS)} or None, "
-            f"but got {data_format!r}"
-        )
-    data_format = data_format.upper()
-    format_rank = v.DATA_FORMATS[data_format][0]
-    if rank is not None and format_rank != rank:
-        raise ValueError(
-            f"{name}: data_format must have the module's {rank} spatial dims, but "
-            f"data_format={data_format!r} has {format_rank}"
-        )
-    return data_format
+def _window_kwargs(module: nnx.Module) -> dict[str, Any]:
+    """The keyword arguments of a windowed module's op, as stored by :func:`_set_window`."""
+    return dict(
+        strides=module.strides,
+        padding=module.padding,
+        dilation=module.dilation,
+        data_format=module.data_format,
+        padding_mode=module.padding_mode,
+        precision=module.precision,
+    )
 
 
-def _check_padding(
-    name: str,
-    padding: Any,
-    window: tuple[int, ...],
-    strides: tuple[int, ...],
-    dilation: tuple[int, ...],
-) -> Any:
-    """Validates the form of ``padding`` and returns it hashable (tuples, not lists)."""
-    v.resolve_padding(name, padding, (_ANY_SIZE,) * len(window), window, strides, dilation)
-    if isinstance(padding, str):
-        return padding.upper()
-    if isinstance(padding, Sequence):
-        return tuple(tuple(p) if isinstance(p, Sequence) else p for p in padding)
-    return padding
-
-
-def _check_impl(name: str, impl: str, choices: tuple[str, ...] = ops.IMPLS) -> str:
-    if impl not in choices:
-        raise ValueError(f"{name}: impl must be one of {choices}, but got {impl!r}")
-    return impl
-
-
-def _check_divides(name: str, groups: int, what: str, value: int) -> None:
-    if value % groups:
-        raise ValueError(
-            f"{name}: groups must divide {what}, but {groups} does not divide {value}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Call-time helpers.
-
-
-def _check_input(
-    module: nnx.Module, x: jax.Array, rank: int | None, channels_last: bool, in_features: int
-) -> None:
-    """The input's rank and channel count must match the module's, named in the error."""
-    name = type(module).__name__
-    shape = tuple(jnp.shape(x))
-    letters = {1: "W", 2: "H, W", 3: "D, H, W"}
-    if rank is None:
-        if len(shape) - 2 not in letters:
-            raise ValueError(
-                f"{name}: x must have rank 3, 4 or 5 (N, 1-3 spatial dims, C), "
-                f"but got x of shape {shape}"
-            )
-    elif len(shape) != rank + 2:
-        layout = f"(N, {letters[rank]}, C)" if channels_last else f"(N, C, {letters[rank]})"
-        raise ValueError(
-            f"{name}: x must have rank {rank + 2} {layout} for this {rank}-D module, but got x "
-            f"of shape {shape}"
-        )
-    channels = shape[-1] if channels_last else shape[1]
-    if channels != in_features:
-        axis = "last" if channels_last else "channel (1)"
-        raise ValueError(
-            f"{name}: x must have in_features={in_features} channels on its {axis} axis, "
-            f"but got x of shape {shape}"
-        )
+def _prepare_call(module: nnx.Module, x: jax.Array, *params: jax.Array) -> tuple[bool, tuple]:
+    """Checks ``x`` against the module and promotes ``(x, *params, bias)`` to one dtype
+    (``module.dtype``, or the promoted one when None); returns channels_last and them."""
+    channels_last = _channels_last(module.data_format)
+    v.check_module_input(
+        type(module).__name__, x, module.spatial_dims, channels_last, module.in_features
+    )
+    bias = module.bias[...] if module.bias is not None else None
+    return channels_last, nnx_dtypes.promote_dtype((x, *params, bias), dtype=module.dtype)
 
 
 def _add_bias(y: jax.Array, bias: jax.Array | None, channels_last: bool) -> jax.Array:
@@ -266,14 +183,11 @@ class Conv(nnx.Module):
         self.in_features = v.check_int(name, "in_features", in_features)
         self.out_features = v.check_int(name, "out_features", out_features)
         self.groups = v.check_int(name, "groups", groups)
-        _check_divides(name, self.groups, f"in_features ({self.in_features})", self.in_features)
-        _check_divides(name, self.groups, f"out_features ({self.out_features})", self.out_features)
-        self.spatial_dims, self.kernel_size = _rank_and_window(name, kernel_size, spatial_dims)
-        self.strides = v.per_dim(name, "strides", strides, self.spatial_dims)
-        self.dilation = v.per_dim(name, "dilation", dilation, self.spatial_dims)
-        self.padding = _check_padding(name, padding, self.kernel_size, self.strides, self.dilation)
-        self.padding_mode = v.check_padding_mode(name, padding_mode)
-        self.data_format = _check_data_format(name, data_format, self.spatial_dims)
+        v.check_divides(name, self.groups, f"in_features ({self.in_features})", self.in_features)
+        v.check_divides(name, self.groups, f"out_features ({self.out_features})", self.out_features)
+        _set_window(self, v.window_spec(
+            name, kernel_size, spatial_dims, strides, padding, dilation, data_format, padding_mode
+        ))
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -283,24 +197,11 @@ class Conv(nnx.Module):
         self.bias = _bias(use_bias, bias_init, rngs, self.out_features, param_dtype)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return ops.conv(
-            x,
-            kernel,
-            strides=self.strides,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            data_format=self.data_format,
-            padding_mode=self.padding_mode,
-            precision=self.precision,
-        )
+        return ops.conv(x, kernel, groups=self.groups, **_window_kwargs(self))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S', O)`` (channels-first per ``data_format``)."""
-        channels_last = _channels_last(self.data_format)
-        _check_input(self, x, self.spatial_dims, channels_last, self.in_features)
-        bias = self.bias[...] if self.bias is not None else None
-        x, kernel, bias = nnx_dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        channels_last, (x, kernel, bias) = _prepare_call(self, x, self.kernel[...])
         return _add_bias(self._conv(x, kernel), bias, channels_last)
 
 
@@ -333,21 +234,10 @@ class GroupedConv(Conv):
         **kwargs: Any,
     ):
         super().__init__(in_features, out_features, kernel_size, groups=groups, **kwargs)
-        self.impl = _check_impl(type(self).__name__, impl, ops.GROUPED_IMPLS)
+        self.impl = v.check_impl(type(self).__name__, impl, ops.GROUPED_IMPLS)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return ops.grouped_conv(
-            x,
-            kernel,
-            self.groups,
-            strides=self.strides,
-            padding=self.padding,
-            dilation=self.dilation,
-            data_format=self.data_format,
-            padding_mode=self.padding_mode,
-            precision=self.precision,
-            impl=self.impl,
-        )
+        return ops.grouped_conv(x, kernel, self.groups, impl=self.impl, **_window_kwargs(self))
 
 
 class DepthwiseConv(nnx.Module):
@@ -400,13 +290,10 @@ class DepthwiseConv(nnx.Module):
         self.in_features = v.check_int(name, "in_features", in_features)
         self.depth_multiplier = v.check_int(name, "depth_multiplier", depth_multiplier)
         self.out_features = self.in_features * self.depth_multiplier
-        self.spatial_dims, self.kernel_size = _rank_and_window(name, kernel_size, spatial_dims)
-        self.strides = v.per_dim(name, "strides", strides, self.spatial_dims)
-        self.dilation = v.per_dim(name, "dilation", dilation, self.spatial_dims)
-        self.padding = _check_padding(name, padding, self.kernel_size, self.strides, self.dilation)
-        self.padding_mode = v.check_padding_mode(name, padding_mode)
-        self.data_format = _check_data_format(name, data_format, self.spatial_dims)
-        self.impl = _check_impl(name, impl)
+        _set_window(self, v.window_spec(
+            name, kernel_size, spatial_dims, strides, padding, dilation, data_format, padding_mode
+        ))
+        self.impl = v.check_impl(name, impl)
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -417,21 +304,8 @@ class DepthwiseConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S', C * M)`` (channels-first per ``data_format``)."""
-        channels_last = _channels_last(self.data_format)
-        _check_input(self, x, self.spatial_dims, channels_last, self.in_features)
-        bias = self.bias[...] if self.bias is not None else None
-        x, kernel, bias = nnx_dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        y = ops.depthwise_conv(
-            x,
-            kernel,
-            strides=self.strides,
-            padding=self.padding,
-            dilation=self.dilation,
-            data_format=self.data_format,
-            padding_mode=self.padding_mode,
-            precision=self.precision,
-            impl=self.impl,
-        )
+        channels_last, (x, kernel, bias) = _prepare_call(self, x, self.kernel[...])
+        y = ops.depthwise_conv(x, kernel, impl=self.impl, **_window_kwargs(self))
         return _add_bias(y, bias, channels_last)
 
 
@@ -476,11 +350,8 @@ class PointwiseConv(nnx.Module):
         name = type(self).__name__
         self.in_features = v.check_int(name, "in_features", in_features)
         self.out_features = v.check_int(name, "out_features", out_features)
-        if spatial_dims is not None:
-            spatial_dims = v.check_int(name, "spatial_dims", spatial_dims)
-            if spatial_dims not in v.CHANNELS_LAST_FORMAT:
-                raise ValueError(f"{name}: spatial_dims must be 1, 2 or 3, but got {spatial_dims}")
-        self.data_format = _check_data_format(name, data_format, spatial_dims)
+        spatial_dims = v.check_spatial_dims(name, spatial_dims)
+        self.data_format = v.check_data_format(name, data_format, spatial_dims)
         if spatial_dims is None and self.data_format is not None:
             spatial_dims = v.DATA_FORMATS[self.data_format][0]
         self.spatial_dims = spatial_dims
@@ -494,10 +365,7 @@ class PointwiseConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S, O)`` (channels-first per ``data_format``)."""
-        channels_last = _channels_last(self.data_format)
-        _check_input(self, x, self.spatial_dims, channels_last, self.in_features)
-        bias = self.bias[...] if self.bias is not None else None
-        x, kernel, bias = nnx_dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        channels_last, (x, kernel, bias) = _prepare_call(self, x, self.kernel[...])
         y = ops.pointwise_conv(x, kernel, data_format=self.data_format, precision=self.precision)
         return _add_bias(y, bias, channels_last)
 
@@ -570,13 +438,10 @@ class SeparableConv(nnx.Module):
         self.in_features = v.check_int(name, "in_features", in_features)
         self.out_features = v.check_int(name, "out_features", out_features)
         self.depth_multiplier = v.check_int(name, "depth_multiplier", depth_multiplier)
-        self.spatial_dims, self.kernel_size = _rank_and_window(name, kernel_size, spatial_dims)
-        self.strides = v.per_dim(name, "strides", strides, self.spatial_dims)
-        self.dilation = v.per_dim(name, "dilation", dilation, self.spatial_dims)
-        self.padding = _check_padding(name, padding, self.kernel_size, self.strides, self.dilation)
-        self.padding_mode = v.check_padding_mode(name, padding_mode)
-        self.data_format = _check_data_format(name, data_format, self.spatial_dims)
-        self.impl = _check_impl(name, impl)
+        _set_window(self, v.window_spec(
+            name, kernel_size, spatial_dims, strides, padding, dilation, data_format, padding_mode
+        ))
+        self.impl = v.check_impl(name, impl)
         if activation is not None and not callable(activation):
             raise TypeError(f"{name}: activation must be callable or None, but got {activation!r}")
         self.activation = activation
@@ -596,21 +461,10 @@ class SeparableConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S', O)`` (channels-first per ``data_format``)."""
-        channels_last = _channels_last(self.data_format)
-        _check_input(self, x, self.spatial_dims, channels_last, self.in_features)
-        bias = self.bias[...] if self.bias is not None else None
-        x, dw, pw, bias = nnx_dtypes.promote_dtype(
-            (x, self.depthwise_kernel[...], self.pointwise_kernel[...], bias), dtype=self.dtype
+        channels_last, (x, dw, pw, bias) = _prepare_call(
+            self, x, self.depthwise_kernel[...], self.pointwise_kernel[...]
         )
-        window = dict(
-            strides=self.strides,
-            padding=self.padding,
-            dilation=self.dilation,
-            data_format=self.data_format,
-            padding_mode=self.padding_mode,
-            precision=self.precision,
-            impl=self.impl,
-        )
+        window = dict(_window_kwargs(self), impl=self.impl)
         if self.norm is None and self.activation is None:
             y = ops.separable_conv(x, dw, pw, **window)
         else:
@@ -647,13 +501,15 @@ class ChannelShuffle(nnx.Module):
         self.groups = v.check_int(name, "groups", groups)
         if in_features is not None:
             in_features = v.check_int(name, "in_features", in_features)
-            _check_divides(name, self.groups, f"in_features ({in_features})", in_features)
+            v.check_divides(name, self.groups, f"in_features ({in_features})", in_features)
         self.in_features = in_features
-        self.data_format = _check_data_format(name, data_format, None)
+        self.data_format = v.check_data_format(name, data_format)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S, C)``, channels permuted."""
         if self.in_features is not None:
             rank = v.DATA_FORMATS[self.data_format][0] if self.data_format else None
-            _check_input(self, x, rank, _channels_last(self.data_format), self.in_features)
+            v.check_module_input(
+                type(self).__name__, x, rank, _channels_last(self.data_format), self.in_features
+            )
         return ops.channel_shuffle(x, self.groups, data_format=self.data_format)

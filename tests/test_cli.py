@@ -1,7 +1,8 @@
 """Tests for the command line: ``jaxsep info`` via ``main`` and via ``python -m jaxsep``;
-``jaxsep train`` / ``eval`` / ``sweep`` in this process (they reuse the session's compiled
-steps, conftest.reference_run): a stop and a resume, a stop before the first step, and bad
-input at every entry point, on the command line and through the API."""
+what ``main`` prints when CIFAR-10 can be neither found nor downloaded; ``jaxsep train`` /
+``eval`` / ``sweep`` in this process (they reuse the session's compiled steps,
+conftest.reference_run): a stop and a resume, a stop before the first step, and bad input at
+every entry point, on the command line and through the API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,41 @@ def test_python_dash_m_prints_the_paper_totals():
     assert params == 4_231_976  # 4.21 M without BatchNorm's scale and bias: the paper's 4.2 M
     assert macs == pytest.approx(569e6, rel=0.02)
     assert "Params without normalization: 4,210,088" in result.stdout
+
+
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.mark.parametrize("verbose", [None, "jaxsep --verbose train", "jaxsep train --verbose"])
+def test_train_without_data_or_network_says_so_in_one_line(monkeypatch, tmp_path, capsys, verbose):
+    monkeypatch.setenv("JAXSEP_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    args = ["train", "--model", "mobilenet_v1", "--width", "0.25", "--out", str(tmp_path / "run")]
+    if verbose == "jaxsep --verbose train":
+        args = ["--verbose", *args]
+    elif verbose == "jaxsep train --verbose":
+        args = [*args, "--verbose"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("jaxsep train: error: could not download CIFAR-10")
+    assert "Temporary failure in name resolution" in lines[-1]
+    assert str(tmp_path / "cache") in lines[-1]
+    assert "--dataset synthetic" in lines[-1] and "--data-dir" in lines[-1]
+    if verbose is None:
+        assert len(lines) == 1 and "Traceback" not in err
+    else:
+        assert "Traceback" in err and "URLError" in err and "DataUnavailableError" in err
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    def crash(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run_info", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info", "mobilenet_v1"])
 
 
 # --------------------------------------------------------------------------------------------
