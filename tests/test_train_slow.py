@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -66,9 +67,10 @@ def test_sigterm_to_the_command_then_resume(reference_run, tmp_path):
 
 
 def test_sigterm_while_compiling(reference_run, tmp_path):
-    """``python -m jaxsep train`` sent SIGTERM by this test once it starts compiling: it says
-    so in one line and exits with 143, nothing saved; --resume has nothing to resume; the
-    same command then trains the whole run."""
+    """``python -m jaxsep train`` sent SIGTERM by this test while it compiles its steps (a
+    second after its set-up line; a fresh process takes 15-30 s to compile them): it says so
+    in one line and exits with 143, nothing saved; --resume has nothing to resume; the same
+    command then trains the whole run."""
     out = tmp_path / "run"
     argv = ["train", *config_argv(tiny_config(out))]
     process = subprocess.Popen([sys.executable, "-m", "jaxsep", *argv], env=subprocess_env(),
@@ -77,7 +79,8 @@ def test_sigterm_while_compiling(reference_run, tmp_path):
     try:
         for line in process.stderr:  # logged just before the steps compile (15-30 s)
             lines.append(line)
-            if "steps per epoch" in line:
+            if "steps per epoch" in line:  # set up; the steps compile next
+                time.sleep(1)
                 process.send_signal(signal.SIGTERM)
                 break
         lines += process.stderr.readlines()
