@@ -223,6 +223,33 @@ def test_sgd_direction_matches_pytorch_formula():
 # The loop
 
 
+def test_run_folder_states(tmp_path):
+    """The one rule train and sweep share (no training: the files alone decide)."""
+    out = tmp_path / "run"
+    config = tiny_config(out)
+    assert run_folder.state(out, config) == "new"  # no folder
+    out.mkdir()
+    (out / "config.json").write_text("not JSON")  # a start stopped before its first checkpoint
+    (out / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a save cut short
+    assert run_folder.state(out, config) == "new"
+    (out / "checkpoints" / "8").mkdir()
+    with pytest.raises(run_folder.RunFolderError, match="cannot read the existing"):
+        run_folder.state(out, config)
+    (out / "config.json").unlink()
+    with pytest.raises(run_folder.RunFolderError, match="checkpoints but no config.json"):
+        run_folder.state(out, config)
+    (out / "config.json").write_text(config.to_json())
+    assert run_folder.state(out, config) == "partial"
+    (out / "summary.json").write_text(json.dumps({"epochs": 2}))
+    assert run_folder.state(out, config) == "finished"
+    assert run_folder.state(out, config.replace(quiet=False, data_dir="elsewhere")) == "finished"
+    assert run_folder.state(out, config.replace(epochs=3)) == "partial"  # extends the run
+    with pytest.raises(run_folder.ForeignRunError, match=r"\(lr: 0.05 \(saved\) vs 0.1 "
+                                                         r"\(given\)\)") as foreign:
+        run_folder.state(out, config.replace(lr=0.1))
+    assert foreign.value.differences == {"lr": (0.05, 0.1)}
+
+
 def test_reference_run_files(reference_run):
     out, summary = reference_run
     assert json.loads((out / "config.json").read_text()) == tiny_config(out).to_dict()

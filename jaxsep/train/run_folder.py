@@ -153,9 +153,8 @@ def state(out: Path, config: TrainConfig) -> str:
         differ from ``config``'s (a changed ``epochs`` is allowed: it extends the run).
       RunFolderError: checkpoints without a config.json, or an unreadable config.json.
     """
-    saved = saved_config(out)
     checkpoint = has_checkpoint(out)
-    if saved is None:
+    if not (out / CONFIG_FILE).is_file():
         if checkpoint:
             raise RunFolderError(
                 f"{str(out)!r} has checkpoints but no config.json, so it cannot be resumed "
@@ -163,7 +162,8 @@ def state(out: Path, config: TrainConfig) -> str:
             )
         return NEW
     if not checkpoint and not (out / SUMMARY_FILE).exists():
-        return NEW
+        return NEW  # its config.json is replaced, even one that cannot be read
+    saved = saved_config(out)
     fixed = _fixed_differences(saved, config)
     if fixed:
         raise ForeignRunError(out, fixed)
