@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 
+from jaxsep._choices import GROUPED_IMPLS, IMPLS
 from jaxsep._geometry import Geometry
 from jaxsep._io import atomic_write, cache_dir, env_flag
 
@@ -41,7 +42,10 @@ CACHE_NAME = "autotune.json"
 # Bump when what a cached choice means changes (its key, or the candidates' meaning).
 CACHE_FORMAT = 1
 # Every lowering a cached entry may name, per op.
-LOWERINGS = {"depthwise_conv": ("xla", "taps"), "grouped_conv": ("xla", "split", "taps")}
+LOWERINGS = {
+    "depthwise_conv": tuple(i for i in IMPLS if i != "auto"),
+    "grouped_conv": tuple(i for i in GROUPED_IMPLS if i != "auto"),
+}
 
 # Another candidate replaces the fixed rule's choice only when it is this many times faster.
 MARGIN = 1.10
