@@ -96,12 +96,19 @@ def _depthwise_jaxpr(impl: str) -> str:
 
 def test_measure_picks_the_cheaper_candidate():
     clock = FakeClock()
-    calls = {"taps": clock.call("taps", 2e-3), "xla": clock.call("xla", 1e-3)}
+    calls = {"taps": clock.call("taps", 0.06), "xla": clock.call("xla", 0.03)}
     winner, seconds = autotune.measure(calls, "taps", clock=clock)
     assert winner == "xla"
-    assert seconds == {"taps": pytest.approx(2e-3), "xla": pytest.approx(1e-3)}
+    assert seconds == {"taps": pytest.approx(0.06), "xla": pytest.approx(0.03)}
     # one first call, then ROUNDS blocks of BLOCK calls each
     assert clock.calls == {n: 1 + autotune.ROUNDS * autotune.BLOCK for n in calls}
+
+
+def test_measure_lengthens_the_blocks_of_fast_calls():
+    clock = FakeClock()
+    calls = {"taps": clock.call("taps", 1e-5), "xla": clock.call("xla", 2e-5)}
+    assert autotune.measure(calls, "taps", clock=clock)[0] == "taps"
+    assert clock.calls == {n: 1 + autotune.ROUNDS * autotune.MAX_BLOCK for n in calls}
 
 
 def test_measure_keeps_the_default_within_the_margin():

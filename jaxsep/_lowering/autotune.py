@@ -19,6 +19,7 @@ import contextvars
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import statistics
 import threading
@@ -53,7 +54,11 @@ MARGIN = 1.10
 # dropped without further calls (XLA's depthwise backward on the CPU: > 1 s at batch 128).
 SLOW_FACTOR = 3.0
 ROUNDS = 3  # blocks per candidate, the order rotated between rounds
-BLOCK = 3  # calls per block; the first of each block is dropped (it warms caches)
+BLOCK = 3  # calls per block at least; the first of each block is dropped (it warms caches)
+# Fast calls get longer blocks, up to MAX_BLOCK calls, so that a block lasts about MIN_BLOCK_S:
+# a median of three 0.1 ms calls says little on a busy CPU.
+MIN_BLOCK_S = 0.02
+MAX_BLOCK = 50
 BUDGET_S = 2.0  # seconds of timed blocks per key after the first calls, roughly
 
 _context: contextvars.ContextVar[bool | None] = contextvars.ContextVar("jaxsep_autotune", default=None)
@@ -131,9 +136,10 @@ def measure(
 
     Each candidate's first call is timed alone (``default`` first); one more than
     :data:`SLOW_FACTOR` times slower than the best first call so far is dropped there. Then
-    up to ``rounds`` rounds time a block of ``block`` calls of each remaining candidate, the
-    order rotated, the first call of a block dropped; fewer rounds (and blocks of two) when the
-    first calls say they would take over ``budget_s``. A candidate's figure is the median over
+    up to ``rounds`` rounds time a block of ``block`` calls (more for fast calls, see
+    :data:`MIN_BLOCK_S`) of each remaining candidate, the order rotated, the first call of a
+    block dropped; fewer rounds (and blocks of two) when the first calls say they would take
+    over ``budget_s``. A candidate's figure is the median over
     rounds of its blocks' medians. ``default`` wins unless another candidate is :data:`MARGIN`
     times faster. A candidate whose call raises is out.
 
@@ -156,6 +162,8 @@ def measure(
             alive.append(name)
     if not alive:
         return default, dict(first)
+    quickest = max(min(first[name] for name in alive), 1e-9)
+    block = max(block, min(MAX_BLOCK, math.ceil(MIN_BLOCK_S / quickest) + 1))
     round_cost = sum(first[name] for name in alive) * block
     if round_cost > budget_s:
         block, planned = 2, 1
