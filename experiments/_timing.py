@@ -220,6 +220,19 @@ def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def add_write_each_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write-each", action="store_true",
+        help="rewrite the results after each row (marked partial until the run ends), so a run "
+        "cut short by a time limit keeps what it measured",
+    )
+
+
+def partial_note(report: Mapping) -> str:
+    """A line for a report's header when it holds only part of the planned rows."""
+    return f"**Partial: {report['partial']} rows; the run was cut short.**\n\n" if report.get("partial") else ""
+
+
 def write_report(out_dir: Path, stem: str, report: Mapping, table: str) -> None:
     """Writes ``<stem>.json`` and ``<stem>.md`` into ``out_dir``, each atomically."""
     atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")

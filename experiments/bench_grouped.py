@@ -67,6 +67,8 @@ from _timing import (
     autotune_note,
     lowering_of,
     fmt,
+    add_write_each_flag,
+    partial_note,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,6 +285,7 @@ def markdown(report) -> str:
     lines = [
         f"# Grouped convolution lowering benchmark ({report['backend']}: {report['device']})",
         "",
+        partial_note(report) +
         f"jax {report['jax']}, {report['torch_note']}, batch "
         f"{report['batch']}, float32, NHWC, SAME; medians of {report['rounds']} rounds x "
         f"{report['calls']} calls; {host_memory_note(report)}; {autotune_note(report)}. "
@@ -381,9 +384,11 @@ def main(argv=None) -> int:
                         "only with --out)")
     add_device_flag(parser)
     add_host_memory_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
     memory = apply_host_memory(args)  # before the first JAX computation
     backend = select_device(args)
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     def default(value, full, quick):
         return value if value is not None else (quick if args.quick else full)
@@ -426,14 +431,21 @@ def main(argv=None) -> int:
             + f"; {row['verdict']}",
             flush=True,
         )
+        if args.write_each and out_dir is not None and len(report["layers"]) < len(cases):
+            report["partial"] = f"{len(report['layers'])} of {len(cases)}"
+            _save(report, out_dir, torch_device is not None)
+    report.pop("partial", None)
+    print(_save(report, out_dir, torch_device is not None))
+    return 0
 
-    report["totals"] = _totals(report["layers"], torch_device is not None)
+
+def _save(report, out_dir, has_torch: bool) -> str:
+    """Adds the totals, writes the report when ``out_dir`` is set, returns the table."""
+    report["totals"] = _totals(report["layers"], has_torch)
     table = markdown(report)
-    print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
         write_report(out_dir, f"bench_grouped_{report['backend']}", report, table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ from _timing import (
     autotune_fields,
     autotune_note,
     fmt,
+    add_write_each_flag,
+    partial_note,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -164,6 +166,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Inference benchmark ({report['backend']}: {report['device']})",
         "",
+        partial_note(report) +
         f"jax {report['jax']}, flax {report['flax']}, {report['torch_note']}, "
         f"{report['onnxruntime_note']}; float32, {report['resolution']}x{report['resolution']}, "
         f"eval mode, random weights; medians of {report['rounds']} rounds x {report['calls']} "
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         "with --out)")
     add_device_flag(parser)
     add_host_memory_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.resolution = QUICK["models"], QUICK["batches"], QUICK["resolution"]
@@ -243,21 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": [],
     }
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
+    stem = f"bench_infer_{report['backend']}"
+    planned = [(m, b) for m in args.models if m in available for b in args.batches]
     with tempfile.TemporaryDirectory() as folder:
-        for name in (m for m in args.models if m in available):
-            for batch in args.batches:
-                row = bench(name, batch, resolution=args.resolution, rounds=args.rounds,
-                            calls=args.calls, torch_device=torch_device, onnx=onnx,
-                            folder=Path(folder))
-                report["rows"].append(row)
-                ms = row["ms"]
-                print(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
-                      + f"; jaxsep first call {row['first_call_s']['jaxsep']:.1f} s", flush=True)
+        for name, batch in planned:
+            row = bench(name, batch, resolution=args.resolution, rounds=args.rounds,
+                        calls=args.calls, torch_device=torch_device, onnx=onnx,
+                        folder=Path(folder))
+            report["rows"].append(row)
+            ms = row["ms"]
+            print(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
+                  + f"; jaxsep first call {row['first_call_s']['jaxsep']:.1f} s", flush=True)
+            if args.write_each and out_dir is not None and len(report["rows"]) < len(planned):
+                report["partial"] = f"{len(report['rows'])} of {len(planned)}"
+                write_report(out_dir, stem, report, markdown(report))
+    report.pop("partial", None)
     table = markdown(report)
     print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        write_report(out_dir, f"bench_infer_{report['backend']}", report, table)
+        write_report(out_dir, stem, report, table)
     return 0
 
 

@@ -65,6 +65,8 @@ from _timing import (
     autotune_note,
     lowering_of,
     fmt,
+    add_write_each_flag,
+    partial_note,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -250,6 +252,7 @@ def markdown(report) -> str:
     lines = [
         f"# Depthwise lowering benchmark ({report['backend']}: {report['device']})",
         "",
+        partial_note(report) +
         f"jax {report['jax']}, {report['torch_note']}, float32, SAME padding; medians of "
         f"{report['rounds']} rounds x {report['calls']} calls; {host_memory_note(report)}; "
         f"{autotune_note(report)}. Command: `{report['command']}`.",
@@ -353,9 +356,11 @@ def main(argv=None) -> int:
     add_device_flag(parser)
     add_host_memory_flag(parser)
     add_compiler_options_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
     memory = apply_host_memory(args)  # before the first JAX computation
     backend = select_device(args)
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     batch = 2 if args.quick else args.batch
     layers = select_layers(args.layers, backend, batch, args.quick)
@@ -387,7 +392,16 @@ def main(argv=None) -> int:
             + (f", torch CL {ms['torch CL fwd']:.2f} / {ms['torch CL fwd+bwd']:.2f} ms" if torch_device else ""),
             flush=True,
         )
+        if args.write_each and out_dir is not None and len(report["layers"]) < len(layers):
+            report["partial"] = f"{len(report['layers'])} of {len(layers)}"
+            _save(report, out_dir)
+    report.pop("partial", None)
+    print(_save(report, out_dir))
+    return 0
 
+
+def _save(report, out_dir) -> str:
+    """Adds the totals, writes the report when ``out_dir`` is set, returns the table."""
     # one summary per layer set present (the MobileNet set is the issue's target 3)
     reported = {layer.label for layer in REPORTED + QUICK_REPORTED}
     groups = {
@@ -396,11 +410,9 @@ def main(argv=None) -> int:
     }
     report["totals"] = {name: totals(rows) for name, rows in groups.items() if rows}
     table = markdown(report)
-    print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
         write_report(out_dir, f"bench_ops_{report['backend']}", report, table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

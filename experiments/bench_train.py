@@ -80,6 +80,8 @@ from _timing import (
     fmt,
     autotune_fields,
     autotune_note,
+    add_write_each_flag,
+    partial_note,
     add_host_memory_flag,
     apply_host_memory,
     host_memory_note,
@@ -350,6 +352,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Training-step benchmark ({report['backend']}: {report['device']})",
         "",
+        partial_note(report) +
         f"MobileNetV1-CIFAR (separable), batch {report['batch']}, float32, SGD (Nesterov "
         f"momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}); jax {report['jax']}, flax "
         f"{report['flax']}, {report['torch_note']}; medians of "
@@ -425,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     add_device_flag(parser)
     add_host_memory_flag(parser)
     add_compiler_options_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.widths, args.batch_size, args.steps, args.rounds = [0.25], 8, 2, 1
@@ -455,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "widths": [],
     }
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
+    stem = f"bench_train_{report['backend']}"
     for width in args.widths:
         row = bench_width(width, batch=args.batch_size, steps=args.steps, rounds=args.rounds,
                           torch_device=torch_device,
@@ -474,11 +480,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['compile_s']['flax grouped']:.1f} s",
             flush=True,
         )
+        if args.write_each and out_dir is not None and len(report["widths"]) < len(args.widths):
+            report["partial"] = f"{len(report['widths'])} of {len(args.widths)}"
+            write_report(out_dir, stem, report, markdown(report))
+    report.pop("partial", None)
     table = markdown(report)
     print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        write_report(out_dir, f"bench_train_{report['backend']}", report, table)
+        write_report(out_dir, stem, report, table)
     return 0
 
 
