@@ -134,14 +134,14 @@ def measure(
 ) -> tuple[str, dict[str, float | None]]:
     """Times synchronized zero-argument ``calls`` (one per candidate) and picks one.
 
-    Each candidate's first call is timed alone (``default`` first); one more than
-    :data:`SLOW_FACTOR` times slower than the best first call so far is dropped there. Then
-    up to ``rounds`` rounds time a block of ``block`` calls (more for fast calls, see
+    Each candidate's first call is timed alone (``default`` first); a candidate whose first
+    call takes over :data:`SLOW_FACTOR` times the best first call so far is dropped there.
+    Then up to ``rounds`` rounds time a block of ``block`` calls (more for fast calls, see
     :data:`MIN_BLOCK_S`) of each remaining candidate, the order rotated, the first call of a
     block dropped; fewer rounds (and blocks of two) when the first calls say they would take
-    over ``budget_s``. A candidate's figure is the median over
-    rounds of its blocks' medians. ``default`` wins unless another candidate is :data:`MARGIN`
-    times faster. A candidate whose call raises is out.
+    over ``budget_s``. A candidate's figure is the median over rounds of its blocks' medians.
+    ``default`` wins unless another candidate is :data:`MARGIN` times faster. A candidate
+    whose call raises is out.
 
     Returns:
       ``(winner, seconds)``: ``seconds`` per candidate (its first call when dropped, None when
