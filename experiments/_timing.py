@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -141,20 +142,95 @@ def device_description() -> str:
     extension and the core count, since results on one x86-64 CPU say little about another."""
     device = jax.devices()[0]
     if device.platform != "cpu":
-        return getattr(device, "device_kind", str(device))
+        kind = getattr(device, "device_kind", str(device))
+        return f"{kind} ({jax.device_count()} {device.platform} device(s), using one)"
     return f"cpu ({_cpu_model()}, {platform.machine()}, {os.cpu_count()} cores)"
 
 
-def torch_device() -> tuple[str | None, str | None]:
-    """``(device, torch version)`` matching JAX's default backend, or ``(None, None)`` when
-    torch is not importable or has no such device."""
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=("cpu", "gpu", "tpu"), default=None,
+        help="the JAX backend to run on (default: JAX's default backend); the PyTorch "
+        "yardstick runs on the CPU or, for gpu, on CUDA when torch sees a GPU",
+    )
+
+
+def select_device(args: argparse.Namespace) -> str:
+    """Makes ``args.device`` JAX's default backend (``cpu`` is forced even where an
+    accelerator exists; ``gpu``/``tpu`` must be the default already) and returns the backend.
+    Call it after :func:`apply_host_memory` and before any JAX computation."""
+    if args.device == "cpu":  # no effect once a backend has started: checked below
+        jax.config.update("jax_platforms", "cpu")
+    backend = jax.default_backend()
+    if args.device is not None and backend != args.device:
+        raise SystemExit(f"--device {args.device}: JAX's backend here is {backend!r} "
+                         f"(devices: {jax.devices()})")
+    return backend
+
+
+def torch_yardstick(disabled: bool = False) -> tuple[str | None, str | None, str]:
+    """``(torch device, torch version, note)``: the device matching JAX's default backend
+    (``cpu``, or ``cuda`` on a GPU when torch sees one), else ``None`` and a note saying why
+    the torch columns read "n/a"."""
+    if disabled:
+        return None, None, "torch n/a (--no-torch)"
     try:
         import torch
     except ImportError:
-        return None, None
-    if jax.default_backend() == "gpu":
-        return ("cuda", torch.__version__) if torch.cuda.is_available() else (None, None)
-    return ("cpu", torch.__version__) if jax.default_backend() == "cpu" else (None, None)
+        return None, None, "torch n/a (not installed)"
+    backend = jax.default_backend()
+    if backend == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+        return "cpu", torch.__version__, f"torch {torch.__version__} on the CPU"
+    if backend == "gpu" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return "cuda", torch.__version__, f"torch {torch.__version__} on CUDA ({name})"
+    return None, torch.__version__, f"torch n/a (torch {torch.__version__} has no {backend} device)"
+
+
+def autotune_fields() -> dict:
+    """Report fields: whether ``impl="auto"`` measures, and its cache file."""
+    from jaxsep._lowering import autotune
+
+    return {"autotune": autotune.enabled(), "autotune_cache": str(autotune.cache_file())}
+
+
+def autotune_note(report: Mapping) -> str:
+    """One phrase for a report's header: how ``impl="auto"`` chose."""
+    if not report.get("autotune"):
+        return "`auto` by the fixed rules (`JAXSEP_AUTOTUNE=0`)"
+    return (f"`auto` by measurement (cache `{report.get('autotune_cache')}`; a first-time "
+            "measurement is inside auto's compile time)")
+
+
+def lowering_of(fn: Callable, *args) -> str:
+    """The lowering a depthwise or grouped op runs inside ``fn(*args)``, read from its jaxpr:
+    "taps" (the taps op), "xla" (a grouped ``conv_general_dilated``), else "split"."""
+    from jaxsep._lowering.taps import TAPS_NAME
+
+    text = str(jax.make_jaxpr(fn)(*args))
+    if f"name={TAPS_NAME}" in text:
+        return "taps"
+    groups = [int(g) for g in re.findall(r"feature_group_count=(\d+)", text)]
+    return "xla" if any(g > 1 for g in groups) else "split"
+
+
+def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    """A table cell: ``value`` with ``digits`` decimals and ``suffix``, or "n/a" for None."""
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def add_write_each_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write-each", action="store_true",
+        help="rewrite the results after each row (marked partial until the run ends), so a run "
+        "cut short by a time limit keeps what it measured",
+    )
+
+
+def partial_note(report: Mapping) -> str:
+    """A line for a report's header when it holds only part of the planned rows."""
+    return f"**Partial: {report['partial']} rows; the run was cut short.**\n\n" if report.get("partial") else ""
 
 
 def write_report(out_dir: Path, stem: str, report: Mapping, table: str) -> None:

@@ -1,13 +1,15 @@
 """Benchmark of the grouped-convolution lowerings: forward and forward+backward, per layer.
 
-Measures, on the default JAX backend, ``jaxsep.grouped_conv`` at batch 128 (float32, NHWC,
-SAME) with each lowering: ``impl="xla"`` (``lax.conv_general_dilated`` with
+Measures, on the default JAX backend (or ``--device``), ``jaxsep.grouped_conv`` at batch 128
+(float32, NHWC, SAME) with each lowering: ``impl="xla"`` (``lax.conv_general_dilated`` with
 ``feature_group_count=G``), ``"split"`` (G dense convolutions or matrix products on channel
 slices), ``"taps"`` (a sum of ``C // G`` depthwise taps calls; not run when ``C // G > 16``,
-since its program unrolls one call per channel of a group) and ``"auto"`` (what
-``jaxsep.ops.choose_grouped_impl`` picks); and PyTorch's channels-last ``conv2d(groups=G)``
-when torch is importable (on the CPU, or on CUDA when JAX runs on a GPU and torch sees one).
-The question it answers: does ``choose_grouped_impl`` pick the fastest lowering?
+since its program unrolls one call per channel of a group) and ``"auto"`` (measured once per
+shape unless ``JAXSEP_AUTOTUNE=0``; ``rule`` is what the fixed rule,
+``jaxsep.ops.choose_grouped_impl(C, G)``, picks); and PyTorch's channels-last
+``conv2d(groups=G)`` when torch is importable (on the CPU, or on CUDA when JAX runs on a GPU
+and torch sees one; else the torch columns read "n/a"). The question it answers: does
+``auto`` run the fastest lowering, and never a slower one than the fixed rule?
 
 Layers:
 
@@ -28,6 +30,7 @@ respect to both ``x`` and the kernel of ``vdot(output, cotangent)`` for a fixed 
 cotangent. Run it on an otherwise idle machine.
 
     python experiments/bench_grouped.py                # full run, writes results/bench_grouped_<backend>.{json,md}
+    python experiments/bench_grouped.py --device gpu   # the same on a GPU
     python experiments/bench_grouped.py --quick --no-torch --out /tmp/bg   # smoke test
 
 Results: ``experiments/results/bench_grouped_<backend>.json`` and ``.md``.
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -46,6 +48,7 @@ import jax.numpy as jnp
 
 import jaxsep
 from jaxsep import ops
+from jaxsep._lowering import GROUPED_TAPS_MAX_WIDTH as TAPS_MAX_WIDTH
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
 
@@ -53,17 +56,24 @@ from _timing import (
     device_description,
     Rounds,
     compile_timed,
-    torch_device as find_torch_device,
+    torch_yardstick,
     write_report,
+    add_device_flag,
+    select_device,
     add_host_memory_flag,
     apply_host_memory,
     host_memory_note,
+    autotune_fields,
+    autotune_note,
+    lowering_of,
+    fmt,
+    add_write_each_flag,
+    partial_note,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 LOWERINGS = ("xla", "split", "taps")  # the candidates "fastest" and "auto" choose among
-TAPS_MAX_WIDTH = 16  # "taps" is skipped above this C // G: one unrolled call per channel
 MOBILENET_WIDTH = 0.5  # the cpu preset of experiments/groups.toml
 MOBILENET_GROUPS = (2, 4, 8, 16)
 # (input H, stride) of the MobileNetV1-CIFAR grouped layers measured: the first layer with each
@@ -177,12 +187,12 @@ def _torch_fns(case: Case, batch: int, device: str):
 
 
 def _verdict(picked: str, fastest: str, slowdown: float | None) -> str:
-    """Whether ``choose_grouped_impl``'s pick was the fastest lowering (forward+backward)."""
+    """Whether ``auto``'s pick was the fastest lowering (forward+backward)."""
     if picked == fastest:
-        return f"yes: picked {picked}, the fastest"
+        return f"yes: ran {picked}, the fastest"
     tie = slowdown is not None and slowdown < 1.05
     return (
-        f"{'tie' if tie else 'no'}: picked {picked}, {fastest} is {slowdown:.2f}x faster"
+        f"{'tie' if tie else 'no'}: ran {picked}, {fastest} is {slowdown:.2f}x faster"
         + (" (within 5%)" if tie else "")
     )
 
@@ -215,13 +225,16 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
     timed = Rounds(calls_by_name).run(rounds, calls)
     ratio = timed.ratio
     ms = {name: 1e3 * timed.seconds(name) for name in calls_by_name}
-    picked = ops.choose_grouped_impl(case.channels, case.groups)
-    fastest, picked_vs_fastest = {}, {}
+    rule = ops.choose_grouped_impl(case.channels, case.groups)  # the fixed rule
+    picked = lowering_of(_jax_fns("auto", case)[0], x, k)  # what auto ran
+    fastest, picked_vs_fastest, auto_vs_rule = {}, {}, {}
     for mode in ("fwd", "fwd+bwd"):
         fastest[mode] = min(impls, key=lambda i: ms[f"{i} {mode}"])
         # the picked lowering's own timing when measured, else auto's (which runs it)
         measured = picked if picked in impls else "auto"
         picked_vs_fastest[mode] = ratio(f"{measured} {mode}", f"{fastest[mode]} {mode}")
+        # 1 by definition where auto ran the rule's lowering (the same program)
+        auto_vs_rule[mode] = 1.0 if picked == rule else ratio(f"auto {mode}", f"{rule} {mode}")
     return {
         "layer": case.label,
         **dataclasses.asdict(case),
@@ -230,6 +243,7 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
         "kernel_shape": list(kernel_shape),
         "skipped": [i for i in LOWERINGS if i not in impls],
         "auto_impl": picked,
+        "rule_impl": rule,
         "ms": ms,
         "compile_s": compile_s,
         "speedup": {
@@ -240,53 +254,50 @@ def bench_case(case: Case, *, batch: int, rounds: int, calls: int, torch_device)
         },
         "fastest": fastest,
         "picked/fastest": picked_vs_fastest,
+        "auto/rule": auto_vs_rule,
         "verdict": _verdict(picked, fastest["fwd+bwd"], picked_vs_fastest["fwd+bwd"]),
     }
 
 
-def _fmt(v, digits=2):
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
 def _table(report, mode: str) -> list[str]:
-    has_torch = report["torch"] is not None
     lines = [
         "| layer | G | C/G | in model | xla ms | split ms | taps ms | auto ms | auto runs | "
-        "xla/auto | fastest |" + (" torch CL ms | auto/torch |" if has_torch else ""),
-        "|---" * (11 + (2 if has_torch else 0)) + "|",
+        "rule | auto/rule | xla/auto | fastest | torch CL ms | auto/torch |",
+        "|---" * 15 + "|",
     ]
     for row in report["layers"]:
         ms, sp = row["ms"], row["speedup"]
-        taps = "skipped" if "taps" in row["skipped"] else _fmt(ms[f"taps {mode}"])
-        line = (
+        taps = "skipped" if "taps" in row["skipped"] else fmt(ms[f"taps {mode}"])
+        lines.append(
             f"| {row['layer']} | {row['groups']} | {row['group_width']} | {row['in_model']} | "
-            f"{_fmt(ms[f'xla {mode}'])} | {_fmt(ms[f'split {mode}'])} | {taps} | "
-            f"{_fmt(ms[f'auto {mode}'])} | {row['auto_impl']} | "
-            f"{_fmt(sp[f'xla/auto {mode}'], 1)}x | {row['fastest'][mode]} |"
+            f"{fmt(ms[f'xla {mode}'])} | {fmt(ms[f'split {mode}'])} | {taps} | "
+            f"{fmt(ms[f'auto {mode}'])} | {row['auto_impl']} | {row['rule_impl']} | "
+            f"{fmt(row['auto/rule'][mode], 2, 'x')} | {fmt(sp[f'xla/auto {mode}'], 1, 'x')} | "
+            f"{row['fastest'][mode]} | {fmt(ms.get(f'torch CL {mode}'))} | "
+            f"{fmt(sp[f'auto/torch {mode}'], 2, 'x')} |"
         )
-        if has_torch:
-            line += f" {_fmt(ms.get(f'torch CL {mode}'))} | {_fmt(sp[f'auto/torch {mode}'])}x |"
-        lines.append(line)
     return lines
 
 
 def markdown(report) -> str:
-    has_torch = report["torch"] is not None
     totals = report["totals"]
     rows = report["layers"]
     lines = [
         f"# Grouped convolution lowering benchmark ({report['backend']}: {report['device']})",
         "",
-        f"jax {report['jax']}, torch {report['torch'] or 'not run'}, batch "
+        partial_note(report) +
+        f"jax {report['jax']}, {report['torch_note']}, batch "
         f"{report['batch']}, float32, NHWC, SAME; medians of {report['rounds']} rounds x "
-        f"{report['calls']} calls; {host_memory_note(report)}. "
+        f"{report['calls']} calls; {host_memory_note(report)}; {autotune_note(report)}. "
         f"Command: `{report['command']}`.",
         "",
-        "`auto runs` is what `choose_grouped_impl(C, G)` picks on this backend (on the CPU: "
-        f"`taps` when C/G <= {report['taps_max_group_width']}, else `split`); `fastest` is the "
-        f"fastest of xla, split and taps. `taps` is skipped when C/G > {TAPS_MAX_WIDTH} (its "
-        "program unrolls one depthwise call per channel of a group). `in model` counts the "
-        "layers of that shape in the model. mbv1: the grouped 3x3 layers of "
+        "`auto runs` is the lowering `impl=\"auto\"` ran (read from the jaxpr); `rule` the one "
+        "the fixed rule `choose_grouped_impl(C, G)` picks (`JAXSEP_AUTOTUNE=0`; on the CPU: "
+        f"`taps` when C/G <= {report['taps_max_group_width']}, else `split`); `auto/rule` above 1 "
+        "means auto ran slower than the rule's lowering (1 where both are the same lowering); "
+        f"`fastest` is the fastest of xla, split and taps. `taps` is skipped when C/G > "
+        f"{TAPS_MAX_WIDTH} (its program unrolls one depthwise call per channel of a group). "
+        "`in model` counts the layers of that shape in the model. mbv1: the grouped 3x3 layers of "
         f"`mobilenet_v1(conv=\"grouped\", width={MOBILENET_WIDTH}, variant=\"cifar\")`; "
         "shuffle: the grouped 1x1 layers of a stride-1 ShuffleNet v1 unit (stage 2, CIFAR).",
         "",
@@ -298,28 +309,28 @@ def markdown(report) -> str:
         "",
         *_table(report, "fwd+bwd"),
         "",
-        "## Does `auto` pick the fastest lowering? (forward+backward)",
+        "## Does `auto` run the fastest lowering? (forward+backward)",
         "",
         *(f"- {row['layer']}, G={row['groups']} (C/G={row['group_width']}): {row['verdict']}"
           for row in rows),
         "",
-        f"`auto` picked the fastest lowering (forward+backward) for {totals['auto_fastest']} of "
-        f"{len(rows)} layers.",
+        f"`auto` ran the fastest lowering (forward+backward) for {totals['auto_fastest']} of "
+        f"{len(rows)} layers; slower than the rule's lowering by over 5% on "
+        f"{totals['auto_slower_than_rule']}.",
         "",
         "Whole set of layers (sum of per-layer medians): "
-        f"xla/auto forward {totals['xla/auto fwd']:.1f}x, forward+backward "
-        f"{totals['xla/auto fwd+bwd']:.1f}x; auto / the fastest lowering of each layer forward "
-        f"{totals['auto/fastest fwd']:.2f}x, forward+backward {totals['auto/fastest fwd+bwd']:.2f}x"
-        + (
-            f"; auto/torch forward {totals['auto/torch fwd']:.2f}x, forward+backward "
-            f"{totals['auto/torch fwd+bwd']:.2f}x (above 1: slower than torch)."
-            if has_torch
-            else "."
-        ),
+        f"xla/auto forward {fmt(totals['xla/auto fwd'], 1, 'x')}, forward+backward "
+        f"{fmt(totals['xla/auto fwd+bwd'], 1, 'x')}; auto / the fastest lowering of each layer "
+        f"forward {fmt(totals['auto/fastest fwd'], 2, 'x')}, forward+backward "
+        f"{fmt(totals['auto/fastest fwd+bwd'], 2, 'x')}; auto/rule forward+backward "
+        f"{fmt(totals['auto/rule fwd+bwd'], 2, 'x')}; auto/torch forward "
+        f"{fmt(totals['auto/torch fwd'], 2, 'x')}, forward+backward "
+        f"{fmt(totals['auto/torch fwd+bwd'], 2, 'x')} (above 1: slower than torch).",
         "",
         "Compile time over the set (s, forward+backward): "
         + ", ".join(f"{impl} {s:.1f}" for impl, s in totals["compile_s fwd+bwd"].items())
-        + (" (taps: only the layers it ran)." if any(r["skipped"] for r in rows) else "."),
+        + (" (taps: only the layers it ran)." if any(r["skipped"] for r in rows) else ".")
+        + " auto's includes any first-time measurement.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -331,16 +342,23 @@ def _totals(rows, has_torch: bool) -> dict:
     def total_fastest(mode):
         return sum(r["ms"][f"{r['fastest'][mode]} {mode}"] for r in rows)
 
+    # auto's own time where it ran the rule's lowering (the same program)
+    rule_fwd_bwd = sum(
+        r["ms"][f"{'auto' if r['auto_impl'] == r['rule_impl'] else r['rule_impl']} fwd+bwd"]
+        for r in rows
+    )
     return {
         "xla/auto fwd": total("xla fwd") / total("auto fwd"),
         "xla/auto fwd+bwd": total("xla fwd+bwd") / total("auto fwd+bwd"),
         "auto/fastest fwd": total("auto fwd") / total_fastest("fwd"),
         "auto/fastest fwd+bwd": total("auto fwd+bwd") / total_fastest("fwd+bwd"),
+        "auto/rule fwd+bwd": total("auto fwd+bwd") / rule_fwd_bwd,
         "auto/torch fwd": total("auto fwd") / total("torch CL fwd") if has_torch else None,
         "auto/torch fwd+bwd": (
             total("auto fwd+bwd") / total("torch CL fwd+bwd") if has_torch else None
         ),
         "auto_fastest": sum(r["auto_impl"] == r["fastest"]["fwd+bwd"] for r in rows),
+        "auto_slower_than_rule": sum(r["auto/rule"]["fwd+bwd"] > 1.05 for r in rows),
         "compile_s fwd+bwd": {
             impl: sum(r["compile_s"].get(f"{impl} fwd+bwd", 0.0) for r in rows)
             for impl in LOWERINGS + ("auto",)
@@ -364,9 +382,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: experiments/results; --quick writes "
                         "only with --out)")
+    add_device_flag(parser)
     add_host_memory_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
     memory = apply_host_memory(args)  # before the first JAX computation
+    backend = select_device(args)
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     def default(value, full, quick):
         return value if value is not None else (quick if args.quick else full)
@@ -379,20 +401,18 @@ def main(argv=None) -> int:
     else:
         cases = mobilenet_cases(tuple(args.groups))
         cases += [] if args.no_shufflenet else shufflenet_cases()
-    torch_device, torch_version = (None, None) if args.no_torch else find_torch_device()
-    if torch_device == "cpu":
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
     report = {
-        "backend": jax.default_backend(),
+        "backend": backend,
         "device": device_description(),
         "jax": jax.__version__,
-        "torch": torch_version,
+        "torch": torch_version if torch_device else None,
+        "torch_note": torch_note,
         "batch": batch,
         "rounds": rounds,
         "calls": calls,
         **memory,
+        **autotune_fields(),
         "taps_max_group_width": ops._TAPS_MAX_GROUP_WIDTH,
         "command": "python experiments/bench_grouped.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -411,14 +431,21 @@ def main(argv=None) -> int:
             + f"; {row['verdict']}",
             flush=True,
         )
+        if args.write_each and out_dir is not None and len(report["layers"]) < len(cases):
+            report["partial"] = f"{len(report['layers'])} of {len(cases)}"
+            _save(report, out_dir, torch_device is not None)
+    report.pop("partial", None)
+    print(_save(report, out_dir, torch_device is not None))
+    return 0
 
-    report["totals"] = _totals(report["layers"], torch_device is not None)
+
+def _save(report, out_dir, has_torch: bool) -> str:
+    """Adds the totals, writes the report when ``out_dir`` is set, returns the table."""
+    report["totals"] = _totals(report["layers"], has_torch)
     table = markdown(report)
-    print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
         write_report(out_dir, f"bench_grouped_{report['backend']}", report, table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Benchmark of the whole training step: MobileNetV1-CIFAR, batch 128, separable convolutions.
 
-Measures training images/s and the train step's compile time on the default JAX backend for
-the CIFAR MobileNetV1 (the paper's layer table, 32x32 inputs, stem stride 1) at each width,
-built three ways:
+Measures training images/s and the train step's compile time on the default JAX backend (or
+``--device``) for the CIFAR MobileNetV1 (the paper's layer table, 32x32 inputs, stem stride 1)
+at each width, built three ways:
 
 * ``jaxsep``: ``jaxsep.models.mobilenet_v1(impl="auto")``, trained by the very step that
   ``jaxsep train`` runs (``jaxsep.train.steps.train_step``: on-device batch gather and
@@ -12,8 +12,20 @@ built three ways:
   layers as ``nnx.Conv(feature_group_count=C)`` (and 1x1 ``nnx.Conv`` pointwise layers),
   trained by the same step function;
 * ``torch CL``: the same architecture in PyTorch on channels-last tensors, SGD with Nesterov
-  momentum and weight decay, when ``import torch`` works (``--no-torch`` skips it). It trains
-  on a fixed batch (no gather or augmentation), so it is, if anything, flattered.
+  momentum and weight decay, when ``import torch`` works (``--no-torch`` skips it; on a GPU it
+  runs on CUDA when torch sees one, else its columns read "n/a"). It trains on a fixed batch
+  (no gather or augmentation), so it is, if anything, flattered.
+
+And a fourth, the **plain loop** (``--no-plain-loop`` skips it): what a JAX user gets who
+knows none of the tricks: their own ``nnx.jit`` train step (``nnx.Optimizer`` with
+``optax.sgd(momentum=0.9)``, softmax cross-entropy, a fixed batch) over
+``jaxsep.models.create("mobilenet_v1", variant="cifar")`` with nothing set: no compiler
+options, no host-memory setting. Since ``reuse_host_memory`` is process-wide and cannot be
+undone, the plain loop runs in a subprocess whose environment lacks
+:data:`PLAIN_ENV_REMOVED`, with a torch CL run of the same optimizer (SGD momentum 0.9, no
+Nesterov, no weight decay) beside it in that subprocess: its ratio comes from one process, as
+the harness row's does from this one. Its "first step" is the first call (compilation, and
+``impl="auto"``'s measurements when its cache is cold).
 
 Method (see docs/performance.md): everything runs in one process; each round times a block of
 ``--steps`` steps of each implementation in turn (one step per call, the first call of each
@@ -28,6 +40,7 @@ it first calls
 process-wide, so torch runs under it too); ``--no-reuse-host-memory`` measures without.
 
     python experiments/bench_train.py                 # widths 1.0 and 0.5; writes results/
+    python experiments/bench_train.py --device gpu    # the same on a GPU
     python experiments/bench_train.py --quick --no-torch --out /tmp/b   # smoke test
 
 Results: ``experiments/results/bench_train_<backend>.json`` and ``.md``.
@@ -36,8 +49,11 @@ Results: ``experiments/results/bench_train_<backend>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +61,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from jaxsep import data as jdata
@@ -57,6 +74,14 @@ from _timing import (
     device_description,
     Rounds,
     write_report,
+    add_device_flag,
+    select_device,
+    torch_yardstick,
+    fmt,
+    autotune_fields,
+    autotune_note,
+    add_write_each_flag,
+    partial_note,
     add_host_memory_flag,
     apply_host_memory,
     host_memory_note,
@@ -71,6 +96,11 @@ BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # as jaxsep's models (PyTorch's defaults)
 # Building a model compiles its initialization; XLA's optimizer is wasted on a one-off program.
 _INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 NUM_BATCHES = 4  # distinct batches the JAX steps cycle through
+# What the plain loop's subprocess leaves out of its environment: settings a user who knows no
+# tricks has not made (glibc's malloc tunables, a preloaded malloc, XLA flags, jaxsep's
+# host-memory switch). JAXSEP_AUTOTUNE and its cache stay: they are the benchmark's choice
+# for every row (unset, auto measures, as a user gets).
+PLAIN_ENV_REMOVED = ("GLIBC_TUNABLES", "LD_PRELOAD", "XLA_FLAGS", "JAXSEP_REUSE_HOST_MEMORY")
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +198,8 @@ def _jax_trainer(
 # PyTorch, channels-last
 
 
-def _torch_trainer(width: float, batch: int):
+def _torch_trainer(width: float, batch: int, device: str = "cpu", *, nesterov: bool = True,
+                   weight_decay: float = WEIGHT_DECAY):
     import torch
     from torch import nn
 
@@ -184,14 +215,14 @@ def _torch_trainer(width: float, batch: int):
         layers += conv_bn(features, out, 1, 1)
         features = out
     model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features, 10))
-    model = model.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True,
-                                weight_decay=WEIGHT_DECAY)
+    model = model.to(device=device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=nesterov,
+                                weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=generator).contiguous(
+    x = torch.randn(batch, 3, 32, 32, generator=generator).to(device).contiguous(
         memory_format=torch.channels_last
     )
-    y = torch.randint(0, 10, (batch,), generator=generator)
+    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -206,12 +237,75 @@ def _torch_trainer(width: float, batch: int):
     return time.perf_counter() - start, step
 
 
-def _torch_version() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.__version__
+# --------------------------------------------------------------------------------------------
+# The plain loop: a user's own nnx.jit step, nothing set
+
+
+def _plain_trainer(width: float, batch: int):
+    """(seconds of the first step, a function running one synchronized step)."""
+    model = models.create("mobilenet_v1", variant="cifar", width_multiplier=width)
+    optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch), dtype=jnp.int32)
+
+    def step() -> None:
+        train_step(model, optimizer, x, y).block_until_ready()
+
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start, step
+
+
+def plain_child(args) -> int:
+    """The subprocess of the plain-loop row: the plain loop and torch CL with the same
+    optimizer, interleaved as in :func:`bench_width`; writes its rows as JSON."""
+    torch_device, _, _ = torch_yardstick(args.no_torch)
+    rows = {}
+    for width in args.widths:
+        trainers, first_s = {}, {}
+        first_s["plain loop"], trainers["plain loop"] = _plain_trainer(width, args.batch_size)
+        if torch_device:
+            first_s["torch CL"], trainers["torch CL"] = _torch_trainer(
+                width, args.batch_size, torch_device, nesterov=False, weight_decay=0.0
+            )
+        timed = Rounds(trainers).run(args.rounds, args.steps)
+        rows[str(width)] = {
+            "images_per_second": {n: args.batch_size / timed.seconds(n) for n in trainers},
+            "step_ms": {n: 1e3 * timed.seconds(n) for n in trainers},
+            "first_step_s": first_s,
+            "plain_vs_torch_cl": timed.ratio("torch CL", "plain loop"),
+        }
+    Path(args.plain_child).write_text(json.dumps(rows))
+    return 0
+
+
+def run_plain_loop(args) -> dict:
+    """Runs :func:`plain_child` in a subprocess with :data:`PLAIN_ENV_REMOVED` removed from its
+    environment; returns its rows by width (as str)."""
+    env = {k: v for k, v in os.environ.items() if k not in PLAIN_ENV_REMOVED}
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "plain.json"
+        command = [
+            sys.executable, __file__, "--plain-child", str(out), "--widths",
+            *map(str, args.widths), "--batch-size", str(args.batch_size), "--steps",
+            str(args.steps), "--rounds", str(args.rounds),
+            *(["--device", args.device] if args.device else []),
+            *(["--no-torch"] if args.no_torch else []),
+        ]
+        subprocess.run(command, env=env, check=True)
+        return json.loads(out.read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +313,8 @@ def _torch_version() -> str | None:
 
 
 def bench_width(
-    width: float, *, batch: int, steps: int, rounds: int, torch: bool, compiler_options=None
+    width: float, *, batch: int, steps: int, rounds: int, torch_device: str | None,
+    compiler_options=None,
 ) -> dict:
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (S.DATA_AXIS,))
     data = jdata.synthetic_cifar10(num_train=batch * NUM_BATCHES, num_test=1)
@@ -231,8 +326,8 @@ def bench_width(
     compile_s["flax grouped"], trainers["flax grouped"] = _jax_trainer(
         lambda: FlaxMobileNetV1(width, rngs=nnx.Rngs(0)), batch, data, mesh, compiler_options
     )
-    if torch:
-        compile_s["torch CL"], trainers["torch CL"] = _torch_trainer(width, batch)
+    if torch_device:
+        compile_s["torch CL"], trainers["torch CL"] = _torch_trainer(width, batch, torch_device)
 
     timed = Rounds(trainers).run(rounds, steps)
     return {
@@ -252,43 +347,65 @@ def bench_width(
 # Report
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def markdown(report: dict) -> str:
-    has_torch = report["torch"] is not None
+    plain = report.get("plain_loop")
     lines = [
         f"# Training-step benchmark ({report['backend']}: {report['device']})",
         "",
+        partial_note(report) +
         f"MobileNetV1-CIFAR (separable), batch {report['batch']}, float32, SGD (Nesterov "
         f"momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}); jax {report['jax']}, flax "
-        f"{report['flax']}, torch {report['torch'] or 'not installed'}; medians of "
+        f"{report['flax']}, {report['torch_note']}; medians of "
         f"{report['rounds']} rounds x {report['steps']} steps; {host_memory_note(report)}; "
-        f"{compiler_options_note(report)}. "
+        f"{compiler_options_note(report)}; {autotune_note(report)}. "
         f"Command: `{report['command']}`.",
         "",
-        "| width | jaxsep img/s | flax grouped img/s | jaxsep / flax grouped |"
-        + (" torch CL img/s | jaxsep / torch CL |" if has_torch else "")
-        + " jaxsep compile s | flax grouped compile s |",
-        "|---" * (6 + (2 if has_torch else 0)) + "|",
+        "| width | jaxsep img/s | flax grouped img/s | jaxsep / flax grouped | torch CL img/s | "
+        "jaxsep / torch CL |"
+        + (" plain loop img/s | torch CL img/s (plain's process) | plain loop / torch CL |"
+           if plain else "")
+        + " jaxsep compile s | flax grouped compile s |"
+        + (" plain loop first step s |" if plain else ""),
+        "|---" * (8 + (4 if plain else 0)) + "|",
     ]
     for row in report["widths"]:
         ips, comp = row["images_per_second"], row["compile_s"]
         line = (
-            f"| {row['width']} | {_fmt(ips['jaxsep'])} | {_fmt(ips['flax grouped'])} | "
-            f"{_fmt(row['jaxsep_vs_flax_grouped'], 2)}x |"
+            f"| {row['width']} | {fmt(ips['jaxsep'], 1)} | {fmt(ips['flax grouped'], 1)} | "
+            f"{fmt(row['jaxsep_vs_flax_grouped'], 2, 'x')} | {fmt(ips.get('torch CL'), 1)} | "
+            f"{fmt(row['jaxsep_vs_torch_cl'], 2, 'x')} |"
         )
-        if has_torch:
-            line += f" {_fmt(ips.get('torch CL'))} | {_fmt(row['jaxsep_vs_torch_cl'], 2)}x |"
-        line += f" {_fmt(comp['jaxsep'])} | {_fmt(comp['flax grouped'])} |"
+        p = plain[str(row["width"])] if plain else None
+        if p:
+            line += (
+                f" {fmt(p['images_per_second']['plain loop'], 1)} | "
+                f"{fmt(p['images_per_second'].get('torch CL'), 1)} | "
+                f"{fmt(p['plain_vs_torch_cl'], 2, 'x')} |"
+            )
+        line += f" {fmt(comp['jaxsep'], 1)} | {fmt(comp['flax grouped'], 1)} |"
+        if p:
+            line += f" {fmt(p['first_step_s']['plain loop'], 1)} |"
         lines.append(line)
     lines += [
         "",
         "Targets: jaxsep / flax grouped >= 3x; jaxsep / torch CL >= 0.7x (same process, same "
-        "run). A ratio is the median over rounds of that round's ratio. The JAX steps include "
-        "the on-device batch gather and augmentation; torch trains on a fixed batch.",
+        "run); plain loop / torch CL >= 0.9x. A ratio is the median over rounds of that round's "
+        "ratio. The harness (jaxsep) steps include the on-device batch gather and augmentation; "
+        "torch trains on a fixed batch.",
     ]
+    if plain:
+        lines += [
+            "",
+            "Plain loop: a user's own `nnx.jit` step (`nnx.Optimizer`, `optax.sgd(momentum="
+            f"{MOMENTUM})`, softmax cross-entropy, a fixed batch) over "
+            "`jaxsep.models.create(\"mobilenet_v1\", variant=\"cifar\")`, nothing set: run in a "
+            "subprocess without " + ", ".join(f"`{n}`" for n in PLAIN_ENV_REMOVED)
+            + " in its environment, no `reuse_host_memory` call, no compiler options; its "
+            "torch CL column ran in that subprocess with the same optimizer (no Nesterov, no "
+            "weight decay), so its ratio, like the harness row's, comes from one process. "
+            "\"First step\" is the first call: compilation plus any `impl=\"auto\"` measurement "
+            "of a cold autotune cache.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -301,51 +418,76 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="width 0.25, batch 8, 2 steps, 1 round: a smoke test")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-plain-loop", action="store_true",
+                        help="skip the plain-loop row (a user's own nnx.jit step, nothing set, "
+                        "in a subprocess with a clean environment)")
+    parser.add_argument("--plain-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default experiments/results; --quick writes "
                         "only with --out)")
+    add_device_flag(parser)
     add_host_memory_flag(parser)
     add_compiler_options_flag(parser)
+    add_write_each_flag(parser)
     args = parser.parse_args(argv)
-    memory = apply_host_memory(args)  # before the first JAX computation
     if args.quick:
         args.widths, args.batch_size, args.steps, args.rounds = [0.25], 8, 2, 1
-    torch_version = None if args.no_torch else _torch_version()
+    if args.plain_child:  # the plain loop's own process: nothing set
+        select_device(args)
+        return plain_child(args)
+    # First, before this process allocates anything: the plain loop in its own process.
+    plain = None if args.no_plain_loop else run_plain_loop(args)
+    memory = apply_host_memory(args)  # before the first JAX computation
+    backend = select_device(args)
+    torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
     report = {
-        "backend": jax.default_backend(),
+        "backend": backend,
         "device": device_description(),
         "jax": jax.__version__,
         "flax": __import__("flax").__version__,
-        "torch": torch_version,
+        "torch": torch_version if torch_device else None,
+        "torch_note": torch_note,
         "batch": args.batch_size,
         "steps": args.steps,
         "rounds": args.rounds,
         **memory,
+        **autotune_fields(),
         "compiler_options": compiler_options_from(args),
+        "plain_loop": plain,
+        "plain_loop_env_removed": list(PLAIN_ENV_REMOVED),
         "command": "python experiments/bench_train.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "widths": [],
     }
+    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
+    stem = f"bench_train_{report['backend']}"
     for width in args.widths:
         row = bench_width(width, batch=args.batch_size, steps=args.steps, rounds=args.rounds,
-                          torch=torch_version is not None,
+                          torch_device=torch_device,
                           compiler_options=report["compiler_options"])
         report["widths"].append(row)
         ips = row["images_per_second"]
+        p = plain[str(width)] if plain else None
         print(
             f"width {width}: jaxsep {ips['jaxsep']:.1f} img/s, flax grouped "
             f"{ips['flax grouped']:.1f} img/s ({row['jaxsep_vs_flax_grouped']:.2f}x)"
             + (f", torch CL {ips['torch CL']:.1f} img/s ({row['jaxsep_vs_torch_cl']:.2f}x)"
                if "torch CL" in ips else "")
+            + (f"; plain loop {p['images_per_second']['plain loop']:.1f} img/s"
+               + (f" ({p['plain_vs_torch_cl']:.2f}x its torch CL)"
+                  if p["plain_vs_torch_cl"] is not None else "") if p else "")
             + f"; compile {row['compile_s']['jaxsep']:.1f} s / "
             f"{row['compile_s']['flax grouped']:.1f} s",
             flush=True,
         )
+        if args.write_each and out_dir is not None and len(report["widths"]) < len(args.widths):
+            report["partial"] = f"{len(report['widths'])} of {len(args.widths)}"
+            write_report(out_dir, stem, report, markdown(report))
+    report.pop("partial", None)
     table = markdown(report)
     print(table)
-    out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out_dir is not None:
-        write_report(out_dir, f"bench_train_{report['backend']}", report, table)
+        write_report(out_dir, stem, report, table)
     return 0
 
 

@@ -16,5 +16,6 @@ from jaxsep import cost as cost
 from jaxsep import nn as nn, models as models
 from jaxsep.summary import summary as summary
 from jaxsep.xla_options import compiler_options as compiler_options
+from jaxsep._lowering.autotune import autotune as autotune, set_autotune as set_autotune
 
 __version__ = "0.1.0"

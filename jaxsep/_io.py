@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by the data cache, the training harness, sweeps and benchmarks."""
+"""Files and folders shared by the data cache, the autotune cache, the training harness, sweeps
+and benchmarks: atomic writes, the jaxsep cache folder, on/off environment variables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+# The jaxsep cache folder's environment variable (named for the data, its first user).
+CACHE_DIR_ENV_VAR = "JAXSEP_DATA_DIR"
+_OFF = ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    """The jaxsep cache folder: ``$JAXSEP_DATA_DIR``, else ``~/.cache/jaxsep``. Not created
+    here. Downloads and decoded datasets live in it (``docs/data.md``), and so does the
+    autotune cache (``docs/design/lowerings.md``)."""
+    configured = os.environ.get(CACHE_DIR_ENV_VAR)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "jaxsep"
+
+
+def env_flag(name: str, default: bool = True) -> bool:
+    """An on/off environment variable: ``0``, ``false``, ``no`` and ``off`` (any case) are off,
+    any other value on, unset or empty ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in _OFF
 
 
 def atomic_write(

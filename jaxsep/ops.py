@@ -43,7 +43,7 @@ from jaxsep._geometry import Geometry, channel_axis, pad_input
 from jaxsep._lowering import _TAPS_MAX_GROUP_WIDTH as _TAPS_MAX_GROUP_WIDTH
 from jaxsep._lowering import choose_depthwise_impl
 from jaxsep._lowering import choose_grouped_impl as choose_grouped_impl
-from jaxsep._lowering import grouped, taps, xla
+from jaxsep._lowering import run_depthwise, run_grouped, xla
 from jaxsep._lowering.channel_matmul import channel_matmul as channel_matmul
 from jaxsep._lowering.pointwise import pointwise
 
@@ -146,8 +146,9 @@ def grouped_conv(
       strides, padding, dilation, data_format, padding_mode, precision: as in :func:`conv`
         ("taps" ignores ``precision``: its products are exact elementwise multiplies).
       impl: "xla" (``lax.conv_general_dilated`` with ``feature_group_count=G``, as
-        :func:`conv`), "split", "taps", or "auto", which picks per backend and group width
-        (:func:`choose_grouped_impl`).
+        :func:`conv`), "split", "taps", or "auto", which times the candidates once per shape
+        on this device and keeps the fastest, or follows a fixed rule per backend and group
+        width when measuring is off (:func:`choose_grouped_impl`; ``docs/design/lowerings.md``).
 
     Returns:
       ``(N, *S', O)`` (or ``(N, O, *S')``) in ``x.dtype``; equals
@@ -159,15 +160,12 @@ def grouped_conv(
     )
     groups = v.check_groups(op, x, kernel, g.channels_last, groups)
     v.check_impl(op, impl, GROUPED_IMPLS)
-    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    x, g = pad_input(jnp.asarray(x), g, padding_mode)
+    kernel = jnp.asarray(kernel)
     if impl == "auto":
-        impl = choose_grouped_impl(v.channels_of(x, g.channels_last), groups)
-    x, g = pad_input(x, g, padding_mode)
-    if impl == "xla":
-        return xla.conv(x, kernel, g, groups, precision)
-    if impl == "split":
-        return grouped.grouped_split(x, kernel, g, groups, precision)
-    return grouped.grouped_taps(x, kernel, g, groups, precision)
+        channels = v.channels_of(x, g.channels_last)
+        impl = choose_grouped_impl(channels, groups, x, kernel, g, precision)
+    return run_grouped(impl, x, kernel, g, groups, precision)
 
 
 def _depthwise(
@@ -179,13 +177,10 @@ def _depthwise(
     impl: str,
 ) -> jax.Array:
     """The depthwise step of :func:`depthwise_conv` and :func:`separable_conv`, by ``impl``."""
-    if impl == "auto":
-        impl = choose_depthwise_impl(x, kernel, g)
-    channels = v.channels_of(x, g.channels_last)
     x, g = pad_input(x, g, padding_mode)
-    if impl == "taps":
-        return taps.apply(x, kernel, g, precision)
-    return xla.conv(x, kernel, g, channels, precision)
+    if impl == "auto":
+        impl = choose_depthwise_impl(x, kernel, g, precision)
+    return run_depthwise(impl, x, kernel, g, precision)
 
 
 def depthwise_conv(
@@ -208,7 +203,8 @@ def depthwise_conv(
       strides, padding, dilation, data_format, padding_mode, precision: as in :func:`conv`.
       impl: "xla" (``lax.conv_general_dilated`` with ``feature_group_count=C``), "taps" (a sum
         of shifted input slices times the kernel taps, with a taps backward), or "auto", which
-        picks the faster per backend and shape.
+        times both once per shape on this device and keeps the faster, or follows a fixed rule
+        per backend when measuring is off (``docs/design/lowerings.md``).
 
     Returns:
       ``(N, *S', C * M)`` (or ``(N, C * M, *S')``) in ``x.dtype``. Equals

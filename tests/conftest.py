@@ -14,6 +14,8 @@ import signal
 # arena would then slow every later compile in the suite (XLA compiles with many threads), so
 # the suite opts out. tests/test_host_memory.py tests the setting itself.
 os.environ.setdefault("JAXSEP_REUSE_HOST_MEMORY", "0")
+# impl="auto" follows the fixed rules (no timing): deterministic and fast; test_autotune.py turns it on.
+os.environ.setdefault("JAXSEP_AUTOTUNE", "0")
 
 import jax
 import jax.numpy as jnp

@@ -14,6 +14,8 @@ zero padding left):
   gradient XLA:CPU runs faster.
 
 Why each exists and the measurements behind the choices here: ``docs/design/lowerings.md``.
+``impl="auto"`` times the candidates once per shape (:mod:`~jaxsep._lowering.autotune`) unless
+measuring is switched off, when it follows the fixed rules below.
 """
 
 from __future__ import annotations
@@ -22,44 +24,111 @@ from typing import Any
 
 import jax
 
-from jaxsep._lowering import channel_matmul, grouped, pointwise, taps, xla
+from jaxsep._lowering import autotune, channel_matmul, grouped, pointwise, taps, xla
 
 __all__ = [
+    "autotune",
     "channel_matmul",
     "choose_depthwise_impl",
     "choose_grouped_impl",
+    "depthwise_candidates",
     "grouped",
+    "grouped_candidates",
     "pointwise",
+    "run_depthwise",
+    "run_grouped",
     "taps",
     "xla",
 ]
 
-# Widest channel group (C // G) that grouped_conv's impl="auto" runs as "taps" on the CPU; wider
+# Widest channel group (C // G) that grouped_conv's fixed rule runs as "taps" on the CPU; wider
 # groups run as "split" (see choose_grouped_impl).
 _TAPS_MAX_GROUP_WIDTH = 1
+# Widest channel group that grouped "taps" is a candidate for at all: its program unrolls one
+# depthwise call per channel of a group, so compiling (and timing) it grows with C // G.
+GROUPED_TAPS_MAX_WIDTH = 16
 
 
-def choose_depthwise_impl(x: Any, kernel: Any, geometry: Any) -> str:
-    """The depthwise lowering that ``impl="auto"`` runs on the current default backend.
+def run_depthwise(impl: str, x: Any, kernel: Any, geometry: Any, precision: Any) -> Any:
+    """The depthwise lowering ``impl`` ("xla" or "taps") on an ``x`` already padded per
+    ``padding_mode`` (``geometry.padding`` is the zero padding left)."""
+    if impl == "taps":
+        return taps.apply(x, kernel, geometry, precision)
+    return xla.conv(x, kernel, geometry, x.shape[geometry.channel_axis(x.ndim)], precision)
 
-    "taps" on the CPU, where it was the faster lowering at every shape of
+
+def run_grouped(
+    impl: str, x: Any, kernel: Any, geometry: Any, groups: int, precision: Any
+) -> Any:
+    """The grouped lowering ``impl`` ("xla", "split" or "taps"), as :func:`run_depthwise`."""
+    if impl == "xla":
+        return xla.conv(x, kernel, geometry, groups, precision)
+    if impl == "split":
+        return grouped.grouped_split(x, kernel, geometry, groups, precision)
+    return grouped.grouped_taps(x, kernel, geometry, groups, precision)
+
+
+def depthwise_candidates() -> tuple[str, ...]:
+    """What ``impl="auto"`` of the depthwise convolution measures."""
+    return ("xla", "taps")
+
+
+def grouped_candidates(channels: int, groups: int) -> tuple[str, ...]:
+    """What ``impl="auto"`` of the grouped convolution measures: "xla" and "split", and
+    "taps" up to ``GROUPED_TAPS_MAX_WIDTH`` channels per group."""
+    narrow = groups > 1 and channels // groups <= GROUPED_TAPS_MAX_WIDTH
+    return ("xla", "split", "taps") if narrow else ("xla", "split")
+
+
+def choose_depthwise_impl(
+    x: Any, kernel: Any = None, geometry: Any = None, precision: Any = None
+) -> str:
+    """The depthwise lowering that ``impl="auto"`` runs for these arguments.
+
+    The fixed rule: "taps" on the CPU, where it was the faster lowering at every shape of
     ``experiments/bench_ops.py`` (forward and backward); "xla" on GPU and TPU, whose vendor
-    libraries have tuned depthwise kernels that XLA calls for ``feature_group_count=C``, until
-    a benchmark on that backend shows otherwise. The arguments are not read (yet).
+    libraries have tuned depthwise kernels that XLA calls for ``feature_group_count=C``. When
+    measuring is on (:func:`jaxsep.autotune`) and ``kernel`` and ``geometry`` are given, the
+    faster of "xla" and "taps" on this device, the rule's choice kept unless the other is
+    clearly faster (:mod:`jaxsep._lowering.autotune`). ``x`` is padded per ``padding_mode``.
     """
-    del x, kernel, geometry
-    return "taps" if jax.default_backend() == "cpu" else "xla"
+    default = "taps" if jax.default_backend() == "cpu" else "xla"
+    if kernel is None or geometry is None or not autotune.enabled():
+        return default
+    return autotune.choose(
+        "depthwise_conv", x, kernel, geometry, depthwise_candidates(), default,
+        lambda impl, x, k: run_depthwise(impl, x, k, geometry, precision), precision=precision,
+    )
 
 
-def choose_grouped_impl(channels: int, groups: int) -> str:
-    """The grouped lowering that ``impl="auto"`` runs on the current default backend.
+def choose_grouped_impl(
+    channels: int,
+    groups: int,
+    x: Any = None,
+    kernel: Any = None,
+    geometry: Any = None,
+    precision: Any = None,
+) -> str:
+    """The grouped lowering that ``impl="auto"`` runs for these arguments.
 
-    Off the CPU, "xla": GPU and TPU libraries have real grouped kernels. On the CPU, "taps"
-    when each group has at most ``_TAPS_MAX_GROUP_WIDTH`` (1) input channels, i.e. the
-    depthwise convolution with a depth multiplier, else "split": ``experiments/bench_grouped.py``
-    found "split" the fastest at every wider group but one, and "taps" at one channel per group
-    (``docs/design/lowerings.md``).
+    The fixed rule: off the CPU, "xla" (GPU and TPU libraries have real grouped kernels); on
+    the CPU, "taps" when each group has at most ``_TAPS_MAX_GROUP_WIDTH`` (1) input channels,
+    i.e. the depthwise convolution with a depth multiplier, else "split":
+    ``experiments/bench_grouped.py`` found "split" the fastest at every wider group but one,
+    and "taps" at one channel per group (``docs/design/lowerings.md``). When measuring is on
+    and ``x``, ``kernel`` and ``geometry`` are given, the fastest of
+    :func:`grouped_candidates`, the rule's choice kept unless another is clearly faster.
     """
     if jax.default_backend() != "cpu":
-        return "xla"
-    return "taps" if groups > 1 and channels // groups <= _TAPS_MAX_GROUP_WIDTH else "split"
+        default = "xla"
+    elif groups > 1 and channels // groups <= _TAPS_MAX_GROUP_WIDTH:
+        default = "taps"
+    else:
+        default = "split"
+    if x is None or kernel is None or geometry is None or not autotune.enabled():
+        return default
+    return autotune.choose(
+        "grouped_conv", x, kernel, geometry, grouped_candidates(channels, groups), default,
+        lambda impl, x, k: run_grouped(impl, x, k, geometry, groups, precision),
+        groups=groups, precision=precision,
+    )

@@ -1,0 +1,64 @@
+"""The benchmark scripts under experiments/ in their ``--quick`` smoke mode (``pytest -m slow``):
+they run, write their report files, and the reports hold what the tables claim. Timings are
+not checked (bench_train.py's smoke test is in test_train_slow.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str, env: dict | None = None) -> None:
+    result = subprocess.run(
+        [sys.executable, f"experiments/{script}", "--quick", "--no-torch", *args],
+        capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _report(folder: Path, stem: str) -> tuple[dict, str]:
+    name = f"{stem}_{jax.default_backend()}"
+    return json.loads((folder / f"{name}.json").read_text()), (folder / f"{name}.md").read_text()
+
+
+def test_bench_ops_quick_with_autotune(tmp_path):
+    """Both layer sets, with measuring on: each row's auto lowering is the cached choice."""
+    cache = tmp_path / "autotune.json"
+    _run("bench_ops.py", "--layers", "all", "--rounds", "1", "--calls", "2", "--out",
+         str(tmp_path), env={"JAXSEP_AUTOTUNE": "1", "JAXSEP_AUTOTUNE_CACHE": str(cache)})
+    report, table = _report(tmp_path, "bench_ops")
+    assert [r["layer"] for r in report["layers"]] == ["8x8x16 s1", "8x8x16 s2", "1-D NCW B2 16x32 k5"]
+    assert report["autotune"] is True and report["autotune_cache"] == str(cache)
+    chosen = {tuple(json.loads(key)["x"][0]): entry["impl"]
+              for key, entry in json.loads(cache.read_text())["entries"].items()}
+    for row in report["layers"]:
+        assert row["auto_impl"] == chosen[tuple(row["shape"])]
+    assert set(report["totals"]) == {"MobileNetV1-CIFAR layers", "Reported GPU shapes"}
+    assert "| 1-D NCW B2 16x32 k5 |" in table and "torch n/a (--no-torch)" in table
+
+
+def test_bench_grouped_quick(tmp_path):
+    _run("bench_grouped.py", "--out", str(tmp_path))  # the suite's JAXSEP_AUTOTUNE=0: the rule
+    report, table = _report(tmp_path, "bench_grouped")
+    assert report["autotune"] is False
+    for row in report["layers"]:
+        assert row["auto_impl"] == row["rule_impl"] and row["auto/rule"]["fwd+bwd"] == 1.0
+    assert "| mbv1 8x8x16 3x3 s1 | 4 | 4 |" in table and "`auto` by the fixed rules" in table
+
+
+def test_bench_infer_quick(tmp_path):
+    _run("bench_infer.py", "--out", str(tmp_path))
+    report, table = _report(tmp_path, "bench_infer")
+    assert [(r["model"], r["batch"]) for r in report["rows"]] == [("mobilenet_v2", 1), ("mobilenet_v2", 2)]
+    for row in report["rows"]:
+        assert row["ms"]["jaxsep"] > 0 and row["jaxsep/torch"] is None
+    assert "| mobilenet_v2 | 1 |" in table and "onnxruntime n/a" in table
