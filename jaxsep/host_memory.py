@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 import sys
+
+from jaxsep._io import env_flag
 
 __all__ = ["GLIBC_TUNABLES", "reuse_host_memory", "reuse_host_memory_from_env"]
 
@@ -76,6 +77,6 @@ def reuse_host_memory() -> bool:
 def reuse_host_memory_from_env() -> bool:
     """:func:`reuse_host_memory` unless ``$JAXSEP_REUSE_HOST_MEMORY`` is ``0`` (or ``false``,
     ``no``, ``off``); returns whether it was applied. The command line calls this."""
-    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_flag(ENV_VAR):
         return False
     return reuse_host_memory()

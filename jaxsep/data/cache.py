@@ -6,29 +6,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from jaxsep._io import atomic_write
+from jaxsep._io import CACHE_DIR_ENV_VAR, atomic_write, cache_dir
 from jaxsep.data.dataset import Dataset
 from jaxsep.data.sources import _Source, _walk_data_files
 
-_DATA_DIR_ENV_VAR = "JAXSEP_DATA_DIR"
+_DATA_DIR_ENV_VAR = CACHE_DIR_ENV_VAR
 # Bump when decoding changes, so caches written by older code are not reused.
 _CACHE_FORMAT_VERSION = 1
 
 
 def data_cache_dir() -> Path:
-    """The folder for downloads and ``.npz`` caches: ``$JAXSEP_DATA_DIR``, else
-    ``~/.cache/jaxsep``. It is not created here."""
-    configured = os.environ.get(_DATA_DIR_ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "jaxsep"
+    """The folder for downloads and ``.npz`` caches: the jaxsep cache folder,
+    ``$JAXSEP_DATA_DIR``, else ``~/.cache/jaxsep``. It is not created here."""
+    return cache_dir()
 
 
 def _source_fingerprint(source: _Source) -> str:
