@@ -13,7 +13,9 @@ every subcommand can be tested by calling ``main([...])``.
                [--runs-dir DIR] [--results-dir DIR] [--keep-going] [--quiet] [--no-plot]
 
 train, eval and sweep first call :func:`jaxsep.host_memory.reuse_host_memory_from_env` (glibc
-keeps freed host memory for the next step; ``JAXSEP_REUSE_HOST_MEMORY=0`` opts out).
+keeps freed host memory for the next step; ``JAXSEP_REUSE_HOST_MEMORY=0`` opts out) and
+:func:`jaxsep.compilation_cache.enable_compilation_cache` (compiled steps are kept on disk for
+the next run; ``JAXSEP_COMPILATION_CACHE=0`` opts out).
 
 When CIFAR-10 is neither on the machine nor downloadable (``jaxsep.data.DataUnavailableError``),
 ``main`` prints the loader's message as one line with the offline alternatives and returns 2;
@@ -99,11 +101,13 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reuse_host_memory() -> None:
-    # Before the first computation: XLA:CPU's threads must not have made arenas of their own.
-    from jaxsep import host_memory
+def _prepare_process() -> None:
+    # Before the first computation: XLA:CPU's threads must not have made arenas of their own,
+    # and only compilations after enable_compilation_cache() are cached.
+    from jaxsep import compilation_cache, host_memory
 
     host_memory.reuse_host_memory_from_env()
+    compilation_cache.enable_compilation_cache()
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +129,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from jaxsep import train
 
-    _reuse_host_memory()
+    _prepare_process()
     return train.run_train(args)
 
 
@@ -145,7 +149,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from jaxsep import train
 
-    _reuse_host_memory()
+    _prepare_process()
     return train.run_eval(args)
 
 
@@ -168,7 +172,7 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from jaxsep import sweep
 
-    _reuse_host_memory()
+    _prepare_process()
     return sweep.run_sweep_command(args)
 
 

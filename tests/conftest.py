@@ -16,6 +16,9 @@ import signal
 os.environ.setdefault("JAXSEP_REUSE_HOST_MEMORY", "0")
 # impl="auto" follows the fixed rules (no timing): deterministic and fast; test_autotune.py turns it on.
 os.environ.setdefault("JAXSEP_AUTOTUNE", "0")
+# The CLI tests would otherwise keep compiled programs in the home cache folder for later runs
+# (tests/test_compilation_cache.py turns it on in a temporary folder).
+os.environ.setdefault("JAXSEP_COMPILATION_CACHE", "0")
 
 import jax
 import jax.numpy as jnp
