@@ -33,15 +33,15 @@ def check_width(name: str, width_multiplier: float) -> float:
     return float(width_multiplier)
 
 
-def check_rate(name: str, dropout_rate: float) -> float:
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real):
+def check_rate(name: str, rate: float, arg: str = "dropout_rate") -> float:
+    """A drop probability in ``[0, 1)`` (``arg`` names the argument)."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise TypeError(
-            f"{name}: dropout_rate must be a number, but got "
-            f"{type(dropout_rate).__name__} {dropout_rate!r}"
+            f"{name}: {arg} must be a number, but got {type(rate).__name__} {rate!r}"
         )
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"{name}: dropout_rate must be in [0, 1), but got {dropout_rate}")
-    return float(dropout_rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name}: {arg} must be in [0, 1), but got {rate}")
+    return float(rate)
 
 
 def layer_options(
