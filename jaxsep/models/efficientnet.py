@@ -167,28 +167,24 @@ class EfficientNet(nnx.Module):
         self.scale = v.check_choice(name, "scale", scale, tuple(SCALES))
         lite = self.scale.startswith("lite")
         width_coefficient, depth, resolution, default_dropout = SCALES[self.scale]
-        self.variant = _common.check_variant(name, variant)
+        default_epsilon, default_momentum = DEFAULT_BN[self.scale]
+        options, in_channels = _common.model_options(
+            self,
+            variant=variant,
+            num_classes=num_classes,
+            width_multiplier=width_multiplier,
+            dropout_rate=default_dropout if dropout_rate is None else dropout_rate,
+            padding=padding,
+            bn_epsilon=default_epsilon if bn_epsilon is None else bn_epsilon,
+            bn_momentum=default_momentum if bn_momentum is None else bn_momentum,
+            in_channels=in_channels,
+        )
         self.default_resolution = resolution if variant == "imagenet" else 32
-        self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
-        self.width_multiplier = _common.check_width(name, width_multiplier)
         if activation is None:
             activation = "relu6" if lite else "silu"
         act = activation_fn(name, "activation", activation)
         self.activation = activation
-        self.dropout_rate = _common.check_rate(
-            name, default_dropout if dropout_rate is None else dropout_rate
-        )
         self.drop_path_rate = _common.check_rate(name, drop_path_rate, "drop_path_rate")
-        default_epsilon, default_momentum = DEFAULT_BN[self.scale]
-        options = _common.layer_options(
-            name,
-            padding=padding,
-            bn_epsilon=default_epsilon if bn_epsilon is None else bn_epsilon,
-            bn_momentum=default_momentum if bn_momentum is None else bn_momentum,
-        )
-        self.padding = options["padding"]
-        self.bn_epsilon, self.bn_momentum = options["bn_epsilon"], options["bn_momentum"]
-        in_channels = v.check_int(name, "in_channels", in_channels)
 
         width = width_coefficient * self.width_multiplier
         scale = lambda c: make_divisible(c * width, DIVISOR)  # noqa: E731
