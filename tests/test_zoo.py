@@ -99,7 +99,7 @@ COUNTS = [
     ("efficientnet_b5", {}, 30_389_784, 10_266_384_752, 456, "tv:efficientnet_b5", {}),
     ("efficientnet_b6", {}, 43_040_704, 19_067_593_536, 528, "tv:efficientnet_b6", {}),
     ("efficientnet_b7", {}, 66_347_960, 37_745_884_192, 600, "tv:efficientnet_b7", {}),
-    ("efficientnet_lite0", {}, 4_652_008, 385_187_552, 224, "timm:tf_efficientnet_lite0", {}),
+    ("efficientnet_lite0", {}, 4_652_008, 385_187_552, 224, "timm:efficientnet_lite0", {}),
     ("efficientnet_lite1", {}, 5_416_680, 600_185_232, 240, "timm:tf_efficientnet_lite1", {}),
     ("efficientnet_lite2", {}, 6_092_072, 859_736_272, 260, "timm:tf_efficientnet_lite2", {}),
     ("efficientnet_lite3", {}, 8_197_096, 1_383_321_872, 280, "timm:tf_efficientnet_lite3", {}),
@@ -117,7 +117,22 @@ COUNTS = [
      "timm:mobilenetv2_050", {}),
     ("mobilenet_v2", {"width_multiplier": 1.4}, 6_108_776, 582_195_824, 224,
      "timm:mobilenetv2_140", {}),
+    ("mobilenet_v2", {"width_multiplier": 0.35}, 1_677_128, 59_285_808, 224,
+     "timm:mobilenetv2_035", {}),
+    ("mobilenet_v2", {"width_multiplier": 0.75}, 2_636_424, 209_069_792, 224,
+     "tv:mobilenet_v2", {"width_mult": 0.75}),
     ("mobilenet_v1", {}, 4_231_976, 568_740_352, 224, "timm:mobilenetv1_100", {}),
+    # timm's builds of the same networks, with the options that make them exact (counts do not
+    # depend on padding or BatchNorm settings; the layout does).
+    ("mobilenet_v3_large", {**_TIMM_V3, "padding": "same", "bn_epsilon": 1e-3,
+                            "bn_momentum": 0.99}, 5_483_032, 216_589_760, 224,
+     "timm:tf_mobilenetv3_large_100", {}),
+    ("efficientnet_b0", {"bn_epsilon": 1e-5}, 5_288_548, 385_814_752, 224,
+     "timm:efficientnet_b0", {}),
+    ("efficientnet_b0", {"padding": "same", "bn_epsilon": 1e-3, "bn_momentum": 0.99},
+     5_288_548, 385_814_752, 224, "timm:tf_efficientnet_b0", {}),
+    ("efficientnet_lite0", {"padding": "same", "bn_epsilon": 1e-3, "bn_momentum": 0.99},
+     4_652_008, 385_187_552, 224, "timm:tf_efficientnet_lite0", {}),
 ]
 # By default one case per family and width rule; the others (construction takes up to 15 s
 # for B7, see abstract()) run with -m slow.
