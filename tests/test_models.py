@@ -14,7 +14,18 @@ from flax import nnx
 from jaxsep import models
 from jaxsep.models import make_divisible
 
+from conftest import materialize
+
 MODELS = ("mobilenet_v1", "mobilenet_v2", "shufflenet_v1")
+# The newer families (tests/test_zoo.py pins their counts); one name per family runs the
+# compiled tests below.
+ZOO_MODELS = (
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    *(f"efficientnet_b{i}" for i in range(8)),
+    *(f"efficientnet_lite{i}" for i in range(5)),
+    "shufflenet_v2",
+)
 VARIANTS = {"cifar": 32, "imagenet": 224}  # variant -> its input resolution
 
 
@@ -57,9 +68,9 @@ def out_struct(model, shape, dtype=jnp.float32):
 
 
 def test_registry():
-    assert models.list_models() == sorted(MODELS)
+    assert models.list_models() == sorted(MODELS + ZOO_MODELS)
     assert nnx.eval_shape(lambda: models.create("mobilenet_v1")).variant == "imagenet"
-    with pytest.raises(ValueError, match=r"model must be one of \['mobilenet_v1'"):
+    with pytest.raises(ValueError, match=r"model must be one of \['efficientnet_b0'"):
         models.create("resnet50")
     model = abstract("mobilenet_v1", variant="cifar", width_multiplier=0.25)
     assert isinstance(model, models.MobileNetV1) and model.num_classes == 10
@@ -273,17 +284,39 @@ def test_parameter_counts_match_the_papers():
 # on CPU); the others use "xla", whose fwd+bwd compiles about twice as fast (the impls are
 # compared against each other in the ops tests).
 SMALL_IMPL = {"mobilenet_v1": "auto", "mobilenet_v2": "xla", "shufflenet_v1": "xla"}
+# The newer families, one name each, at their smallest CIFAR width. A training step compiles
+# in 10-25 s on two cores, so by default only MobileNetV3-Small and EfficientNet-B0 run the
+# forward test, the rest with -m slow (tests/test_model_layers.py checks the gradients of
+# their blocks quickly).
+ZOO_SMALL = {
+    "mobilenet_v3_small": {"width_multiplier": 0.5},
+    "mobilenet_v3_large": {"width_multiplier": 0.5},
+    # drop_path_rate=0: a branch dropped for the whole batch (p ~ 0.2^2 per block) would get a
+    # zero gradient; stochastic depth is tested in tests/test_model_layers.py.
+    "efficientnet_b0": {"width_multiplier": 0.5, "drop_path_rate": 0.0},
+    "efficientnet_lite0": {"width_multiplier": 0.5, "drop_path_rate": 0.0},
+    "shufflenet_v2": {"width_multiplier": 0.5},
+}
 
 
-@pytest.fixture(scope="module")
-def small_models():
-    """One real, small model per registered name (CIFAR stem, width 0.25), built once."""
-    return {
-        name: models.create(
-            name, variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name], rngs=rngs(0)
-        )
-        for name in models.list_models()
-    }
+def compiled(*fast):
+    """The old models, and the newer families with all but ``fast`` marked slow."""
+    return [
+        *MODELS,
+        *(pytest.param(n, marks=[] if n in fast else [pytest.mark.slow]) for n in ZOO_SMALL),
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def small_model(name):
+    """One real, small model per name (CIFAR stem, width 0.25 or the family's smallest),
+    built once."""
+    if name in ZOO_SMALL:
+        kwargs = dict(variant="cifar", impl="xla", **ZOO_SMALL[name])
+        return materialize(nnx.eval_shape(lambda: models.create(name, **kwargs)))
+    return models.create(
+        name, variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name], rngs=rngs(0)
+    )
 
 
 def batch():
@@ -291,12 +324,12 @@ def batch():
     return x, jnp.array([3, 7])
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_jitted_forward_eval_mode_and_vmap(small_models, name):
+@pytest.mark.parametrize("name", compiled("mobilenet_v3_small", "efficientnet_b0"))
+def test_jitted_forward_eval_mode_and_vmap(name):
     """Eval mode: a jitted pure function of the split state leaves BatchNorm statistics alone,
     and (for one model, to spare compiles) jax.vmap over a batch of inputs matches the batched
     call."""
-    model = nnx.clone(small_models[name])
+    model = nnx.clone(small_model(name))
     model.eval()
     graphdef, state = nnx.split(model)
 
@@ -315,11 +348,11 @@ def test_jitted_forward_eval_mode_and_vmap(small_models, name):
     np.testing.assert_allclose(per_example[:, 0], logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_jitted_gradient_step_train_mode(small_models, name):
+@pytest.mark.parametrize("name", compiled())
+def test_jitted_gradient_step_train_mode(name):
     """Train mode: finite loss, every parameter gets a nonzero gradient, the step changes the
     parameters and BatchNorm's running statistics."""
-    model = nnx.clone(small_models[name])
+    model = nnx.clone(small_model(name))
     model.train()
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     params_before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
@@ -400,6 +433,58 @@ def test_blocks():
     assert block.spatial.conv.groups == 4 and block.spatial.conv.impl == "auto"
 
 
+# --------------------------------------------------------------------------- common options
+
+
+def batch_norms(model):
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_layer_options_reach_every_layer(name):
+    """padding picks each 3x3 convolution's padding; bn_epsilon/bn_momentum every BatchNorm's;
+    the defaults stay TF "SAME" and PyTorch's BatchNorm settings."""
+    default = abstract(name, variant="cifar", width_multiplier=0.25)
+    model = abstract(
+        name, variant="cifar", width_multiplier=0.25, padding="symmetric", bn_epsilon=1e-3,
+        bn_momentum=0.99,
+    )
+    assert all(n.epsilon == 1e-5 and n.momentum == 0.9 for n in batch_norms(default))
+    assert all(n.epsilon == 1e-3 and n.momentum == 0.99 for n in batch_norms(model))
+    spatial = lambda m: [  # noqa: E731
+        c.padding for _, c in nnx.iter_modules(m)
+        if hasattr(c, "kernel_size") and max(c.kernel_size) > 1
+    ]
+    assert set(spatial(default)) == {"SAME"} and set(spatial(model)) == {1}
+    assert (model.padding, model.bn_epsilon, model.bn_momentum) == ("symmetric", 1e-3, 0.99)
+
+
+def test_symmetric_padding_differs_from_same_only_at_stride_2_on_even_inputs():
+    """The same weights: equal logits on a 33x33 input (every stride-2 layer sees an odd size:
+    33, 17, 9), different ones on 32x32 (TF pads (0, 1) there, PyTorch (1, 1))."""
+    kwargs = dict(variant="cifar", width_multiplier=0.25, impl="xla")
+    same = models.create("mobilenet_v2", **kwargs, rngs=rngs(0))
+    symmetric = models.create("mobilenet_v2", padding="symmetric", **kwargs, rngs=rngs(1))
+    nnx.update(symmetric, nnx.state(same))
+    for m in (same, symmetric):
+        m.eval()
+    def gap(size):  # relative: fresh weights give logits of about 1e-6
+        x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+        want = logits(same, x)
+        return float(jnp.max(jnp.abs(logits(symmetric, x) - want)) / jnp.max(jnp.abs(want)))
+
+    assert gap(33) < 1e-5
+    assert gap(32) > 1e-2
+
+
+def test_mobilenet_v1_activation_option():
+    """ReLU by default (the paper's); "relu6" (timm's mobilenetv1_100) in every layer."""
+    assert abstract("mobilenet_v1").stem.activation is jax.nn.relu
+    model = abstract("mobilenet_v1", activation="relu6")
+    acts = {m.activation for _, m in nnx.iter_modules(model) if isinstance(m, models.ConvNormAct)}
+    assert acts == {jax.nn.relu6} and model.activation == "relu6"
+
+
 # --------------------------------------------------------------------------- factorization
 
 
@@ -451,6 +536,17 @@ def test_factorize_mobilenet_v1_is_exact_at_full_rank():
     assert n_params(converted) == v1_params(0.125, 10, conv="factorized", groups=9)
 
 
+def test_factorize_mobilenet_v1_keeps_the_layer_options():
+    model = models.create(
+        "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard",
+        activation="relu6", padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99, rngs=rngs(0),
+    )
+    converted, _ = models.factorize_mobilenet_v1(model, 1)
+    assert (converted.activation, converted.padding) == ("relu6", "symmetric")
+    assert converted.blocks[1].conv.padding == 1 and converted.blocks[1].activation is jax.nn.relu6
+    assert all(n.epsilon == 1e-3 and n.momentum == 0.99 for n in batch_norms(converted))
+
+
 def test_factorize_mobilenet_v1_error_falls_with_the_depth_multiplier():
     model = trained_looking_standard_v1()
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
@@ -496,6 +592,11 @@ def test_factorize_mobilenet_v1_needs_a_standard_model():
         ("mobilenet_v2", {"dropout_rate": 1.0}, ValueError, r"dropout_rate must be in \[0, 1\)"),
         ("mobilenet_v2", {"num_classes": 0}, ValueError, "num_classes must be >= 1"),
         ("mobilenet_v2", {"conv": "standard"}, TypeError, "unexpected keyword argument 'conv'"),
+        ("mobilenet_v2", {"padding": "valid"}, ValueError,
+         r"padding must be one of \('same', 'symmetric'\), but got 'valid'"),
+        ("shufflenet_v1", {"bn_epsilon": 0}, ValueError, "bn_epsilon must be > 0, but got 0"),
+        ("mobilenet_v1", {"bn_momentum": 1.5}, ValueError, "bn_momentum must be <= 1"),
+        ("mobilenet_v1", {"activation": "tanh"}, ValueError, "activation must be one of"),
         ("shufflenet_v1", {"groups": 5}, ValueError, r"groups must be one of \[1, 2, 3, 4, 8\]"),
         ("shufflenet_v1", {"in_channels": 0}, ValueError, "in_channels must be >= 1"),
     ],
