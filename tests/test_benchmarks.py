@@ -62,3 +62,21 @@ def test_bench_infer_quick(tmp_path):
     for row in report["rows"]:
         assert row["ms"]["jaxsep"] > 0 and row["jaxsep/torch"] is None
     assert "| mobilenet_v2 | 1 |" in table and "onnxruntime n/a" in table
+
+
+def test_bench_startup_cold_then_warm(tmp_path):
+    """A cold run compiles and fills the cache; the warm run finds its programs there."""
+    flags = ("--model mobilenet_v1 --width 0.25 --epochs 1 --max-train-examples 64 "
+             "--max-test-examples 32 --batch-size 32 --resolution 16 --dataset synthetic")
+    result = subprocess.run(
+        [sys.executable, "experiments/bench_startup.py", "--flags", flags, "--warm-runs", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+        env={**os.environ, "JAXSEP_AUTOTUNE": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report, table = _report(tmp_path, "bench_startup")
+    cold, warm = report["runs"]
+    assert (cold["kind"], warm["kind"]) == ("cold", "warm")
+    assert cold["cache_hits"] == 0 and warm["cache_hits"] >= 2  # init and the train step
+    assert "| warm |" in table and report["device"] in table
