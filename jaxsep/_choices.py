@@ -17,3 +17,6 @@ VARIANT_NUM_CLASSES = {"cifar": 10, "imagenet": 1000}
 # MobileNetV1's 3x3 layers: depthwise + pointwise, dense, grouped, or the SVD factorization of
 # a trained dense model (built separable, loaded from a factorized checkpoint).
 CONV_KINDS = ("separable", "standard", "grouped", "factorized")
+# Padding of the models' convolutions: TF/Keras "SAME" (stride 2 on an even input pads (0, 1))
+# or PyTorch's symmetric k // 2 on both sides (timm's and torchvision's models).
+MODEL_PADDINGS = ("same", "symmetric")

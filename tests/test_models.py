@@ -400,6 +400,58 @@ def test_blocks():
     assert block.spatial.conv.groups == 4 and block.spatial.conv.impl == "auto"
 
 
+# --------------------------------------------------------------------------- common options
+
+
+def batch_norms(model):
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_layer_options_reach_every_layer(name):
+    """padding picks each 3x3 convolution's padding; bn_epsilon/bn_momentum every BatchNorm's;
+    the defaults stay TF "SAME" and PyTorch's BatchNorm settings."""
+    default = abstract(name, variant="cifar", width_multiplier=0.25)
+    model = abstract(
+        name, variant="cifar", width_multiplier=0.25, padding="symmetric", bn_epsilon=1e-3,
+        bn_momentum=0.99,
+    )
+    assert all(n.epsilon == 1e-5 and n.momentum == 0.9 for n in batch_norms(default))
+    assert all(n.epsilon == 1e-3 and n.momentum == 0.99 for n in batch_norms(model))
+    spatial = lambda m: [  # noqa: E731
+        c.padding for _, c in nnx.iter_modules(m)
+        if hasattr(c, "kernel_size") and max(c.kernel_size) > 1
+    ]
+    assert set(spatial(default)) == {"SAME"} and set(spatial(model)) == {1}
+    assert (model.padding, model.bn_epsilon, model.bn_momentum) == ("symmetric", 1e-3, 0.99)
+
+
+def test_symmetric_padding_differs_from_same_only_at_stride_2_on_even_inputs():
+    """The same weights: equal logits on a 33x33 input (every stride-2 layer sees an odd size:
+    33, 17, 9), different ones on 32x32 (TF pads (0, 1) there, PyTorch (1, 1))."""
+    kwargs = dict(variant="cifar", width_multiplier=0.25, impl="xla")
+    same = models.create("mobilenet_v2", **kwargs, rngs=rngs(0))
+    symmetric = models.create("mobilenet_v2", padding="symmetric", **kwargs, rngs=rngs(1))
+    nnx.update(symmetric, nnx.state(same))
+    for m in (same, symmetric):
+        m.eval()
+    def gap(size):  # relative: fresh weights give logits of about 1e-6
+        x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+        want = logits(same, x)
+        return float(jnp.max(jnp.abs(logits(symmetric, x) - want)) / jnp.max(jnp.abs(want)))
+
+    assert gap(33) < 1e-5
+    assert gap(32) > 1e-2
+
+
+def test_mobilenet_v1_activation_option():
+    """ReLU by default (the paper's); "relu6" (timm's mobilenetv1_100) in every layer."""
+    assert abstract("mobilenet_v1").stem.activation is jax.nn.relu
+    model = abstract("mobilenet_v1", activation="relu6")
+    acts = {m.activation for _, m in nnx.iter_modules(model) if isinstance(m, models.ConvNormAct)}
+    assert acts == {jax.nn.relu6} and model.activation == "relu6"
+
+
 # --------------------------------------------------------------------------- factorization
 
 
@@ -451,6 +503,17 @@ def test_factorize_mobilenet_v1_is_exact_at_full_rank():
     assert n_params(converted) == v1_params(0.125, 10, conv="factorized", groups=9)
 
 
+def test_factorize_mobilenet_v1_keeps_the_layer_options():
+    model = models.create(
+        "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard",
+        activation="relu6", padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99, rngs=rngs(0),
+    )
+    converted, _ = models.factorize_mobilenet_v1(model, 1)
+    assert (converted.activation, converted.padding) == ("relu6", "symmetric")
+    assert converted.blocks[1].conv.padding == 1 and converted.blocks[1].activation is jax.nn.relu6
+    assert all(n.epsilon == 1e-3 and n.momentum == 0.99 for n in batch_norms(converted))
+
+
 def test_factorize_mobilenet_v1_error_falls_with_the_depth_multiplier():
     model = trained_looking_standard_v1()
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
@@ -496,6 +559,11 @@ def test_factorize_mobilenet_v1_needs_a_standard_model():
         ("mobilenet_v2", {"dropout_rate": 1.0}, ValueError, r"dropout_rate must be in \[0, 1\)"),
         ("mobilenet_v2", {"num_classes": 0}, ValueError, "num_classes must be >= 1"),
         ("mobilenet_v2", {"conv": "standard"}, TypeError, "unexpected keyword argument 'conv'"),
+        ("mobilenet_v2", {"padding": "valid"}, ValueError,
+         r"padding must be one of \('same', 'symmetric'\), but got 'valid'"),
+        ("shufflenet_v1", {"bn_epsilon": 0}, ValueError, "bn_epsilon must be > 0, but got 0"),
+        ("mobilenet_v1", {"bn_momentum": 1.5}, ValueError, "bn_momentum must be <= 1"),
+        ("mobilenet_v1", {"activation": "tanh"}, ValueError, "activation must be one of"),
         ("shufflenet_v1", {"groups": 5}, ValueError, r"groups must be one of \[1, 2, 3, 4, 8\]"),
         ("shufflenet_v1", {"in_channels": 0}, ValueError, "in_channels must be >= 1"),
     ],

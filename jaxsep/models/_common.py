@@ -6,7 +6,7 @@ import numbers
 
 from jaxsep import _validation as v
 
-from jaxsep._choices import VARIANT_NUM_CLASSES as NUM_CLASSES, VARIANTS
+from jaxsep._choices import MODEL_PADDINGS, VARIANT_NUM_CLASSES as NUM_CLASSES, VARIANTS
 
 
 def check_variant(name: str, variant: str) -> str:
@@ -42,3 +42,21 @@ def check_rate(name: str, dropout_rate: float) -> float:
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"{name}: dropout_rate must be in [0, 1), but got {dropout_rate}")
     return float(dropout_rate)
+
+
+def layer_options(
+    name: str, *, padding: str, bn_epsilon: float, bn_momentum: float
+) -> dict[str, str | float]:
+    """The checked ``padding``, ``bn_epsilon`` and ``bn_momentum`` of a model, as the keyword
+    arguments every block of :mod:`jaxsep.models.blocks` takes.
+
+    ``bn_epsilon > 0``; ``bn_momentum`` (Flax's: the weight of the old running value,
+    ``1 -`` PyTorch's momentum) in ``[0, 1]``.
+    """
+    return dict(
+        padding=v.check_choice(name, "padding", padding, MODEL_PADDINGS),
+        bn_epsilon=v.check_number(name, "bn_epsilon", bn_epsilon, low=0.0, low_open=True),
+        bn_momentum=v.check_number(
+            name, "bn_momentum", bn_momentum, low=0.0, high=1.0, high_open=False
+        ),
+    )

@@ -7,7 +7,12 @@ Conventions shared by every model here (those of torchvision's MobileNets):
 
 * convolutions have no bias (BatchNorm follows each one);
 * BatchNorm uses PyTorch's defaults: ``momentum=0.9`` in Flax's convention (PyTorch's 0.1),
-  ``epsilon=1e-5``;
+  ``epsilon=1e-5``; every block takes ``bn_epsilon`` and ``bn_momentum`` to change them.
+  Flax's momentum is the weight of the old running value, PyTorch's that of the new batch:
+  ``bn_momentum = 1 - torch_momentum`` (torchvision's MobileNetV3 and EfficientNet-B5..B7 use
+  ``BatchNorm2d(eps=1e-3, momentum=0.01)``: ``bn_epsilon=1e-3, bn_momentum=0.99``);
+* every block takes ``padding`` ("same", the default, or "symmetric"), the rule of
+  :func:`jaxsep.models.layers.conv_padding`;
 * convolution kernels start as ``kaiming_normal_(mode="fan_out")``: normal with variance
   ``2 / fan_out``, ``fan_out = prod(K) * O`` read off the HWIO kernel, exactly PyTorch's
   ``fan_out`` for the same layer (also for depthwise and grouped kernels);
@@ -27,6 +32,7 @@ from flax import nnx
 from jaxsep import _validation as v
 from jaxsep import nn
 from jaxsep import ops
+from jaxsep.models.layers import CONV_INIT, LINEAR_INIT, conv_padding
 
 __all__ = [
     "BN_EPSILON",
@@ -48,8 +54,6 @@ Activation = Callable[[jax.Array], jax.Array]
 
 BN_MOMENTUM = 0.9  # Flax convention (weight of the old running value); PyTorch's momentum=0.1
 BN_EPSILON = 1e-5
-CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-LINEAR_INIT = nnx.initializers.normal(0.01)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -66,13 +70,20 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def batch_norm(
-    features: int, *, dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs
+    features: int,
+    *,
+    epsilon: float = BN_EPSILON,
+    momentum: float = BN_MOMENTUM,
+    dtype: Dtype | None,
+    param_dtype: Dtype,
+    rngs: nnx.Rngs,
 ) -> nnx.BatchNorm:
-    """``nnx.BatchNorm`` with PyTorch's defaults (see the module docstring)."""
+    """``nnx.BatchNorm``, by default with PyTorch's settings (see the module docstring;
+    ``momentum`` is Flax's, ``1 -`` PyTorch's)."""
     return nnx.BatchNorm(
         features,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
+        momentum=momentum,
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -133,6 +144,7 @@ class ConvNormAct(nnx.Module):
     Args:
       conv: a :mod:`jaxsep.nn` convolution (its ``out_features`` sizes the BatchNorm).
       activation: a function, or None for a linear (norm-only) layer.
+      bn_epsilon, bn_momentum: of the BatchNorm (Flax's momentum; see the module docstring).
       dtype, param_dtype: of the BatchNorm.
       rngs: for the BatchNorm.
     """
@@ -142,6 +154,8 @@ class ConvNormAct(nnx.Module):
         conv: nnx.Module,
         *,
         activation: Activation | None,
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -149,7 +163,10 @@ class ConvNormAct(nnx.Module):
         self.conv = conv
         self.in_features = conv.in_features
         self.out_features = conv.out_features
-        self.norm = batch_norm(conv.out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm = batch_norm(
+            conv.out_features, epsilon=bn_epsilon, momentum=bn_momentum, dtype=dtype,
+            param_dtype=param_dtype, rngs=rngs,
+        )
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -165,6 +182,9 @@ def conv_norm_act(
     strides: int = 1,
     groups: int = 1,
     activation: Activation | None = jax.nn.relu,
+    padding: str = "same",
+    bn_epsilon: float = BN_EPSILON,
+    bn_momentum: float = BN_MOMENTUM,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     impl: ops.GroupedImpl = "auto",
@@ -174,7 +194,8 @@ def conv_norm_act(
 
     A 1x1 convolution is a :class:`jaxsep.nn.PointwiseConv` when ``groups == 1``; with
     ``groups > 1`` the convolution is a :class:`jaxsep.nn.GroupedConv` lowered per ``impl``
-    (see :func:`jaxsep.ops.grouped_conv`; unused when ``groups == 1``).
+    (see :func:`jaxsep.ops.grouped_conv`; unused when ``groups == 1``). ``padding`` is the
+    rule of :func:`jaxsep.models.layers.conv_padding`.
     """
     if kernel_size == 1 and strides == 1:
         conv = _pointwise(
@@ -189,6 +210,7 @@ def conv_norm_act(
             (kernel_size, kernel_size),
             groups=groups,
             strides=strides,
+            padding=conv_padding(padding, kernel_size),
             use_bias=False,
             kernel_init=CONV_INIT,
             dtype=dtype,
@@ -196,25 +218,32 @@ def conv_norm_act(
             rngs=rngs,
         )
     return ConvNormAct(
-        conv, activation=activation, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        conv, activation=activation, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
     )
 
 
 def depthwise_norm_act(
     features: int,
     *,
+    kernel_size: int = 3,
     strides: int = 1,
     activation: Activation | None = jax.nn.relu,
+    padding: str = "same",
+    bn_epsilon: float = BN_EPSILON,
+    bn_momentum: float = BN_MOMENTUM,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     impl: ops.Impl = "auto",
     rngs: nnx.Rngs,
 ) -> ConvNormAct:
-    """A 3x3 :class:`jaxsep.nn.DepthwiseConv` + BatchNorm + activation."""
+    """A square ``kernel_size`` (3x3 by default) :class:`jaxsep.nn.DepthwiseConv` + BatchNorm
+    + activation."""
     conv = nn.DepthwiseConv(
         features,
-        (3, 3),
+        (kernel_size, kernel_size),
         strides=strides,
+        padding=conv_padding(padding, kernel_size),
         use_bias=False,
         kernel_init=CONV_INIT,
         dtype=dtype,
@@ -223,7 +252,8 @@ def depthwise_norm_act(
         rngs=rngs,
     )
     return ConvNormAct(
-        conv, activation=activation, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        conv, activation=activation, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
     )
 
 
@@ -239,6 +269,8 @@ class DepthwiseSeparableBlock(nnx.Module):
       out_features: ``O``.
       strides: of the 3x3 step.
       groups: None for depthwise, else the groups of the 3x3 step (must divide ``C``).
+      activation: after both steps (ReLU; timm's MobileNetV1 uses ReLU6).
+      padding, bn_epsilon, bn_momentum: see the module docstring.
       dtype, param_dtype, rngs: as in :mod:`jaxsep.nn`.
       impl: of the depthwise 3x3 step (:func:`jaxsep.ops.depthwise_conv`); a grouped one
         gets :func:`grouped_impl` of it.
@@ -253,12 +285,19 @@ class DepthwiseSeparableBlock(nnx.Module):
         *,
         strides: int = 1,
         groups: int | None = None,
+        activation: Activation = jax.nn.relu,
+        padding: str = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         impl: ops.Impl = "auto",
         rngs: nnx.Rngs,
     ):
-        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        common = dict(
+            activation=activation, padding=padding, bn_epsilon=bn_epsilon,
+            bn_momentum=bn_momentum, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        )
         self.in_features, self.out_features = in_features, out_features
         if groups is None:
             self.spatial = depthwise_norm_act(in_features, strides=strides, impl=impl, **common)
@@ -279,6 +318,7 @@ class InvertedResidual(nnx.Module):
     1x1 expansion to ``C * expand_ratio`` - BN - ReLU6 (skipped when ``expand_ratio == 1``),
     3x3 depthwise - BN - ReLU6, 1x1 linear projection to ``O`` - BN; plus the input when the
     shapes allow (stride 1 and ``C == O``). The hidden width is ``round(C * expand_ratio)``.
+    ``padding``, ``bn_epsilon``, ``bn_momentum``: see the module docstring.
 
     ``(N, H, W, C) -> (N, H / s, W / s, O)``.
     """
@@ -291,6 +331,9 @@ class InvertedResidual(nnx.Module):
         strides: int = 1,
         expand_ratio: int = 6,
         activation: Activation = jax.nn.relu6,
+        padding: str = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         impl: ops.Impl = "auto",
@@ -298,7 +341,10 @@ class InvertedResidual(nnx.Module):
     ):
         name = type(self).__name__
         expand_ratio = v.check_int(name, "expand_ratio", expand_ratio)
-        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        common = dict(
+            bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, dtype=dtype, param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.in_features, self.out_features = in_features, out_features
         hidden = int(round(in_features * expand_ratio))
         self.expand = (
@@ -307,7 +353,7 @@ class InvertedResidual(nnx.Module):
             else nnx.data(None)
         )
         self.depthwise = depthwise_norm_act(
-            hidden, strides=strides, activation=activation, impl=impl, **common
+            hidden, strides=strides, activation=activation, padding=padding, impl=impl, **common
         )
         self.project = conv_norm_act(hidden, out_features, 1, activation=None, **common)
         self.use_residual = strides == 1 and in_features == out_features
@@ -328,6 +374,8 @@ class ShuffleUnit(nnx.Module):
     reference; the first 1x1 is dense when ``first_grouped=False`` (the paper's first unit of
     stage 2, whose input has few channels). ``impl`` is the lowering of the depthwise convolution
     (:func:`jaxsep.ops.depthwise_conv`); the grouped ones get :func:`grouped_impl` of it.
+    ``padding`` (of the depthwise convolution; the pool always pads 1), ``bn_epsilon``,
+    ``bn_momentum``: see the module docstring.
 
     ``(N, H, W, C) -> (N, H / s, W / s, O)``.
     """
@@ -340,6 +388,9 @@ class ShuffleUnit(nnx.Module):
         groups: int,
         strides: int = 1,
         first_grouped: bool = True,
+        padding: str = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         impl: ops.Impl = "auto",
@@ -361,7 +412,10 @@ class ShuffleUnit(nnx.Module):
                 f"in_features, but got {out_features} <= {in_features}"
             )
         bottleneck = out_features // 4
-        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        common = dict(
+            bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, dtype=dtype, param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.in_features, self.out_features = in_features, out_features
         self.strides = strides
         self.gconv1 = conv_norm_act(
@@ -370,7 +424,7 @@ class ShuffleUnit(nnx.Module):
         )
         self.shuffle = nn.ChannelShuffle(groups, in_features=bottleneck)
         self.depthwise = depthwise_norm_act(
-            bottleneck, strides=strides, activation=None, impl=impl, **common
+            bottleneck, strides=strides, activation=None, padding=padding, impl=impl, **common
         )
         self.gconv2 = conv_norm_act(
             bottleneck, branch, 1, groups=groups, activation=None, impl=grouped_impl(impl), **common

@@ -13,7 +13,10 @@ from jaxsep._choices import CONV_KINDS
 from jaxsep import algebra, nn, ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
+from jaxsep.models.layers import activation_fn, conv_padding
 from jaxsep.models.blocks import (
+    BN_EPSILON,
+    BN_MOMENTUM,
     CONV_INIT,
     ConvNormAct,
     DepthwiseSeparableBlock,
@@ -91,6 +94,14 @@ class MobileNetV1(nnx.Module):
       depth_multiplier: M of the "factorized" layers; only with "factorized" (default 1).
       shallow: drop the five 14x14x512 layers (the paper's "Shallow MobileNet", Table 5).
       dropout_rate: of the dropout before the classifier (0 disables it).
+      activation: after every convolution: "relu" (the paper's, TF-slim's, Keras') or
+        "relu6" (timm's ``mobilenetv1_100``), or another name of
+        :data:`jaxsep.models.layers.ACTIVATIONS`.
+      padding: "same" (TF/Keras "SAME": a stride-2 layer pads an even input ``(0, 1)``) or
+        "symmetric" (PyTorch's ``k // 2``: ``(1, 1)``; timm's), see
+        :func:`jaxsep.models.layers.conv_padding`.
+      bn_epsilon, bn_momentum: of every BatchNorm; ``bn_momentum`` is Flax's, ``1 -``
+        PyTorch's (the defaults are PyTorch's ``eps=1e-5, momentum=0.1``).
       in_channels: of the input images.
       dtype: the computation dtype (e.g. ``jnp.bfloat16``); None follows the inputs.
       param_dtype: the parameters' dtype.
@@ -113,6 +124,10 @@ class MobileNetV1(nnx.Module):
         depth_multiplier: int | None = None,
         shallow: bool = False,
         dropout_rate: float = 0.0,
+        activation: str = "relu",
+        padding: Literal["same", "symmetric"] = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         in_channels: int = 3,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -124,6 +139,10 @@ class MobileNetV1(nnx.Module):
         self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
         self.width_multiplier = _common.check_width(name, width_multiplier)
         self.dropout_rate = _common.check_rate(name, dropout_rate)
+        act = activation_fn(name, "activation", activation)
+        options = _common.layer_options(
+            name, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum
+        )
         in_channels = v.check_int(name, "in_channels", in_channels)
         if conv not in CONV_CHOICES:
             raise ValueError(f"{name}: conv must be one of {CONV_CHOICES}, but got {conv!r}")
@@ -149,6 +168,9 @@ class MobileNetV1(nnx.Module):
         self.groups = groups
         self.depth_multiplier = depth_multiplier
         self.shallow = bool(shallow)
+        self.activation = activation
+        self.padding = options["padding"]
+        self.bn_epsilon, self.bn_momentum = options["bn_epsilon"], options["bn_momentum"]
 
         width = self.width_multiplier
         layers = [
@@ -166,23 +188,26 @@ class MobileNetV1(nnx.Module):
                 )
 
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        norm = dict(bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum)
+        conv_options = dict(activation=act, **options, **common)
         stem_stride = 2 if variant == "imagenet" else 1
-        self.stem = conv_norm_act(in_channels, stem, 3, strides=stem_stride, **common)
+        self.stem = conv_norm_act(in_channels, stem, 3, strides=stem_stride, **conv_options)
         blocks = []
         features = stem
         for out, stride in layers:
             if conv == "standard":
-                block = conv_norm_act(features, out, 3, strides=stride, **common)
+                block = conv_norm_act(features, out, 3, strides=stride, **conv_options)
             elif conv == "factorized":
                 pair = nn.SeparableConv(
                     features, out, (3, 3), depth_multiplier=depth_multiplier, strides=stride,
-                    use_bias=False, depthwise_init=CONV_INIT, pointwise_init=CONV_INIT,
+                    padding=conv_padding(self.padding, 3), use_bias=False,
+                    depthwise_init=CONV_INIT, pointwise_init=CONV_INIT,
                     dtype=dtype, param_dtype=param_dtype, impl=impl, rngs=rngs,
                 )
-                block = ConvNormAct(pair, activation=jax.nn.relu, **common)
+                block = ConvNormAct(pair, activation=act, **norm, **common)
             else:
                 block = DepthwiseSeparableBlock(
-                    features, out, strides=stride, groups=groups, impl=impl, **common
+                    features, out, strides=stride, groups=groups, impl=impl, **conv_options
                 )
             blocks.append(block)
             features = out
@@ -218,7 +243,7 @@ def factorize_mobilenet_v1(
 
     Returns:
       ``(converted, errors)``: a new ``conv="factorized"`` model with the same width,
-      variant, classes, dropout and train/eval mode, and each layer's
+      variant, classes, dropout, activation, padding, BatchNorm settings and train/eval mode, and each layer's
       ``||W - fused||_F / ||W||_F`` (13 floats, 8 when ``shallow``).
     """
     name = "factorize_mobilenet_v1"
@@ -239,6 +264,10 @@ def factorize_mobilenet_v1(
         depth_multiplier=depth_multiplier,
         shallow=model.shallow,
         dropout_rate=model.dropout_rate,
+        activation=model.activation,
+        padding=model.padding,
+        bn_epsilon=model.bn_epsilon,
+        bn_momentum=model.bn_momentum,
         in_channels=stem_conv.in_features,
         dtype=stem_conv.dtype,
         param_dtype=stem_conv.param_dtype,

@@ -13,6 +13,8 @@ from jaxsep import ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
 from jaxsep.models.blocks import (
+    BN_EPSILON,
+    BN_MOMENTUM,
     InvertedResidual,
     classifier,
     conv_norm_act,
@@ -57,6 +59,9 @@ class MobileNetV2(nnx.Module):
       variant: "imagenet" (224x224) or "cifar" (32x32: stem stride 1 and the 24-channel stage
         at stride 1, as in the kuangliu/pytorch-cifar port; blocks stay the paper's).
       dropout_rate: of the dropout before the classifier (torchvision's 0.2 by default).
+      padding, bn_epsilon, bn_momentum: as in :class:`MobileNetV1`. torchvision's and timm's
+        ``mobilenet_v2`` (and ``mobilenetv2_*``) are this model with ``padding="symmetric"``:
+        their channel rounding (stem, blocks, hidden and head widths) is the same as here.
       in_channels, dtype, param_dtype, impl, rngs: as in :class:`MobileNetV1`.
 
     ``(N, H, W, in_channels) -> (N, num_classes)``.
@@ -69,6 +74,9 @@ class MobileNetV2(nnx.Module):
         width_multiplier: float = 1.0,
         variant: Literal["imagenet", "cifar"] = "imagenet",
         dropout_rate: float = 0.2,
+        padding: Literal["same", "symmetric"] = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         in_channels: int = 3,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -80,14 +88,20 @@ class MobileNetV2(nnx.Module):
         self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
         self.width_multiplier = _common.check_width(name, width_multiplier)
         self.dropout_rate = _common.check_rate(name, dropout_rate)
+        options = _common.layer_options(
+            name, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum
+        )
+        self.padding = options["padding"]
+        self.bn_epsilon, self.bn_momentum = options["bn_epsilon"], options["bn_momentum"]
         in_channels = v.check_int(name, "in_channels", in_channels)
 
         width = self.width_multiplier
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        layer = dict(options, **common)  # the keyword arguments of every block
         cifar = variant == "cifar"
         features = make_divisible(STEM_CHANNELS * width, DIVISOR)
         self.stem = conv_norm_act(
-            in_channels, features, 3, strides=1 if cifar else 2, activation=jax.nn.relu6, **common
+            in_channels, features, 3, strides=1 if cifar else 2, activation=jax.nn.relu6, **layer
         )
         blocks = []
         for stage, (t, c, n, s) in enumerate(STAGES):
@@ -98,14 +112,14 @@ class MobileNetV2(nnx.Module):
                 blocks.append(
                     InvertedResidual(
                         features, out, strides=s if i == 0 else 1, expand_ratio=t, impl=impl,
-                        **common,
+                        **layer,
                     )
                 )
                 features = out
         self.blocks = nnx.List(blocks)
         self.num_features = make_divisible(HEAD_CHANNELS * max(1.0, width), DIVISOR)
         self.head = conv_norm_act(
-            features, self.num_features, 1, activation=jax.nn.relu6, **common
+            features, self.num_features, 1, activation=jax.nn.relu6, **layer
         )
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
         self.classifier = classifier(self.num_features, self.num_classes, **common)

@@ -13,6 +13,8 @@ from jaxsep import ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
 from jaxsep.models.blocks import (
+    BN_EPSILON,
+    BN_MOMENTUM,
     ShuffleUnit,
     classifier,
     conv_norm_act,
@@ -53,6 +55,9 @@ class ShuffleNetV1(nnx.Module):
       variant: "imagenet" (224x224: stem stride 2, then a 3x3 max pool with stride 2) or
         "cifar" (32x32: stem stride 1 and no max pool, as in the kuangliu/pytorch-cifar port).
       dropout_rate: of the dropout before the classifier (0 disables it).
+      padding: of the 3x3 convolutions, as in :class:`MobileNetV1` (the pools always pad 1,
+        as in every reference).
+      bn_epsilon, bn_momentum: as in :class:`MobileNetV1`.
       impl: of the depthwise convolutions (see :func:`jaxsep.ops.depthwise_conv`); the
         grouped 1x1 ones run "xla" when it is "xla", else "auto"
         (:func:`jaxsep.models.blocks.grouped_impl`).
@@ -69,6 +74,9 @@ class ShuffleNetV1(nnx.Module):
         width_multiplier: float = 1.0,
         variant: Literal["imagenet", "cifar"] = "imagenet",
         dropout_rate: float = 0.0,
+        padding: Literal["same", "symmetric"] = "same",
+        bn_epsilon: float = BN_EPSILON,
+        bn_momentum: float = BN_MOMENTUM,
         in_channels: int = 3,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -80,6 +88,11 @@ class ShuffleNetV1(nnx.Module):
         self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
         self.width_multiplier = _common.check_width(name, width_multiplier)
         self.dropout_rate = _common.check_rate(name, dropout_rate)
+        options = _common.layer_options(
+            name, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum
+        )
+        self.padding = options["padding"]
+        self.bn_epsilon, self.bn_momentum = options["bn_epsilon"], options["bn_momentum"]
         in_channels = v.check_int(name, "in_channels", in_channels)
         groups = v.check_int(name, "groups", groups)
         if groups not in STAGE_CHANNELS:
@@ -91,10 +104,11 @@ class ShuffleNetV1(nnx.Module):
 
         width = self.width_multiplier
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        layer = dict(options, **common)  # the keyword arguments of every block
         features = make_divisible(STEM_CHANNELS * width, groups)
         self.use_max_pool = variant == "imagenet"
         self.stem = conv_norm_act(
-            in_channels, features, 3, strides=2 if self.use_max_pool else 1, **common
+            in_channels, features, 3, strides=2 if self.use_max_pool else 1, **layer
         )
         units = []
         for stage, (c, repeats) in enumerate(zip(STAGE_CHANNELS[groups], STAGE_REPEATS)):
@@ -108,7 +122,7 @@ class ShuffleNetV1(nnx.Module):
                         strides=2 if i == 0 else 1,
                         first_grouped=not (stage == 0 and i == 0),
                         impl=impl,
-                        **common,
+                        **layer,
                     )
                 )
                 features = out
