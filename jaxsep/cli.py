@@ -46,7 +46,8 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=float, default=None, metavar="W",
                         help="width multiplier (default 1.0)")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
-                        help="input height and width (default 224 for imagenet, 32 for cifar)")
+                        help="input height and width (default the model's: 224 for imagenet, "
+                        "EfficientNet's per scale, 32 for cifar)")
     parser.add_argument("--conv", choices=CONV_KINDS[:3], default=None,
                         help="the 3x3 layers of mobilenet_v1 (default separable)")
     parser.add_argument("--groups", type=int, default=None, metavar="G",
@@ -79,9 +80,12 @@ def _run_info(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None
     }
     kwargs["variant"] = args.variant
-    resolution = args.resolution or DEFAULT_RESOLUTION[args.variant]
     try:
         model = nnx.eval_shape(lambda: models.create(args.model, **kwargs))
+        # EfficientNet's resolution grows with its scale (240 for B1 ... 600 for B7).
+        resolution = args.resolution or getattr(
+            model, "default_resolution", DEFAULT_RESOLUTION[args.variant]
+        )
         summary(model, (1, resolution, resolution, 3))
     except TypeError as error:
         print(

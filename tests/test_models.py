@@ -14,7 +14,18 @@ from flax import nnx
 from jaxsep import models
 from jaxsep.models import make_divisible
 
+from conftest import materialize
+
 MODELS = ("mobilenet_v1", "mobilenet_v2", "shufflenet_v1")
+# The newer families (tests/test_zoo.py pins their counts); one name per family runs the
+# compiled tests below.
+ZOO_MODELS = (
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    *(f"efficientnet_b{i}" for i in range(8)),
+    *(f"efficientnet_lite{i}" for i in range(5)),
+    "shufflenet_v2",
+)
 VARIANTS = {"cifar": 32, "imagenet": 224}  # variant -> its input resolution
 
 
@@ -57,9 +68,9 @@ def out_struct(model, shape, dtype=jnp.float32):
 
 
 def test_registry():
-    assert models.list_models() == sorted(MODELS)
+    assert models.list_models() == sorted(MODELS + ZOO_MODELS)
     assert nnx.eval_shape(lambda: models.create("mobilenet_v1")).variant == "imagenet"
-    with pytest.raises(ValueError, match=r"model must be one of \['mobilenet_v1'"):
+    with pytest.raises(ValueError, match=r"model must be one of \['efficientnet_b0'"):
         models.create("resnet50")
     model = abstract("mobilenet_v1", variant="cifar", width_multiplier=0.25)
     assert isinstance(model, models.MobileNetV1) and model.num_classes == 10
@@ -273,17 +284,39 @@ def test_parameter_counts_match_the_papers():
 # on CPU); the others use "xla", whose fwd+bwd compiles about twice as fast (the impls are
 # compared against each other in the ops tests).
 SMALL_IMPL = {"mobilenet_v1": "auto", "mobilenet_v2": "xla", "shufflenet_v1": "xla"}
+# The newer families, one name each, at their smallest CIFAR width. A training step compiles
+# in 10-25 s on two cores, so by default only MobileNetV3-Small and EfficientNet-B0 run the
+# forward test, the rest with -m slow (tests/test_model_layers.py checks the gradients of
+# their blocks quickly).
+ZOO_SMALL = {
+    "mobilenet_v3_small": {"width_multiplier": 0.5},
+    "mobilenet_v3_large": {"width_multiplier": 0.5},
+    # drop_path_rate=0: a branch dropped for the whole batch (p ~ 0.2^2 per block) would get a
+    # zero gradient; stochastic depth is tested in tests/test_model_layers.py.
+    "efficientnet_b0": {"width_multiplier": 0.5, "drop_path_rate": 0.0},
+    "efficientnet_lite0": {"width_multiplier": 0.5, "drop_path_rate": 0.0},
+    "shufflenet_v2": {"width_multiplier": 0.5},
+}
 
 
-@pytest.fixture(scope="module")
-def small_models():
-    """One real, small model per registered name (CIFAR stem, width 0.25), built once."""
-    return {
-        name: models.create(
-            name, variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name], rngs=rngs(0)
-        )
-        for name in models.list_models()
-    }
+def compiled(*fast):
+    """The old models, and the newer families with all but ``fast`` marked slow."""
+    return [
+        *MODELS,
+        *(pytest.param(n, marks=[] if n in fast else [pytest.mark.slow]) for n in ZOO_SMALL),
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def small_model(name):
+    """One real, small model per name (CIFAR stem, width 0.25 or the family's smallest),
+    built once."""
+    if name in ZOO_SMALL:
+        kwargs = dict(variant="cifar", impl="xla", **ZOO_SMALL[name])
+        return materialize(nnx.eval_shape(lambda: models.create(name, **kwargs)))
+    return models.create(
+        name, variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name], rngs=rngs(0)
+    )
 
 
 def batch():
@@ -291,12 +324,12 @@ def batch():
     return x, jnp.array([3, 7])
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_jitted_forward_eval_mode_and_vmap(small_models, name):
+@pytest.mark.parametrize("name", compiled("mobilenet_v3_small", "efficientnet_b0"))
+def test_jitted_forward_eval_mode_and_vmap(name):
     """Eval mode: a jitted pure function of the split state leaves BatchNorm statistics alone,
     and (for one model, to spare compiles) jax.vmap over a batch of inputs matches the batched
     call."""
-    model = nnx.clone(small_models[name])
+    model = nnx.clone(small_model(name))
     model.eval()
     graphdef, state = nnx.split(model)
 
@@ -315,11 +348,11 @@ def test_jitted_forward_eval_mode_and_vmap(small_models, name):
     np.testing.assert_allclose(per_example[:, 0], logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_jitted_gradient_step_train_mode(small_models, name):
+@pytest.mark.parametrize("name", compiled())
+def test_jitted_gradient_step_train_mode(name):
     """Train mode: finite loss, every parameter gets a nonzero gradient, the step changes the
     parameters and BatchNorm's running statistics."""
-    model = nnx.clone(small_models[name])
+    model = nnx.clone(small_model(name))
     model.train()
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     params_before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))

@@ -33,15 +33,15 @@ def check_width(name: str, width_multiplier: float) -> float:
     return float(width_multiplier)
 
 
-def check_rate(name: str, dropout_rate: float) -> float:
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real):
+def check_rate(name: str, rate: float, arg: str = "dropout_rate") -> float:
+    """A drop probability in ``[0, 1)`` (``arg`` names the argument)."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise TypeError(
-            f"{name}: dropout_rate must be a number, but got "
-            f"{type(dropout_rate).__name__} {dropout_rate!r}"
+            f"{name}: {arg} must be a number, but got {type(rate).__name__} {rate!r}"
         )
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"{name}: dropout_rate must be in [0, 1), but got {dropout_rate}")
-    return float(dropout_rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name}: {arg} must be in [0, 1), but got {rate}")
+    return float(rate)
 
 
 def layer_options(
@@ -60,3 +60,33 @@ def layer_options(
             name, "bn_momentum", bn_momentum, low=0.0, high=1.0, high_open=False
         ),
     )
+
+
+def model_options(
+    model: object,
+    *,
+    variant: str,
+    num_classes: int | None,
+    width_multiplier: float,
+    dropout_rate: float,
+    padding: str,
+    bn_epsilon: float,
+    bn_momentum: float,
+    in_channels: int,
+) -> tuple[dict[str, str | float], int]:
+    """Checks the options every model takes and stores them on ``model`` (as ``variant``,
+    ``num_classes`` -- resolved per variant --, ``width_multiplier``, ``dropout_rate``,
+    ``padding``, ``bn_epsilon``, ``bn_momentum``).
+
+    Returns ``(layer, in_channels)``: :func:`layer_options`' keyword arguments for the blocks
+    and the checked ``in_channels``.
+    """
+    name = type(model).__name__
+    model.variant = check_variant(name, variant)
+    model.num_classes = resolve_num_classes(name, num_classes, variant)
+    model.width_multiplier = check_width(name, width_multiplier)
+    model.dropout_rate = check_rate(name, dropout_rate)
+    layer = layer_options(name, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
+    model.padding = layer["padding"]
+    model.bn_epsilon, model.bn_momentum = layer["bn_epsilon"], layer["bn_momentum"]
+    return layer, v.check_int(name, "in_channels", in_channels)

@@ -1,4 +1,8 @@
-"""Building blocks of the model families: MobileNetV1, MobileNetV2 and ShuffleNet units.
+"""Building blocks of the model families: MobileNetV1's depthwise-separable block, the inverted
+residual (MobileNetV2, and with squeeze-excite and stochastic depth MobileNetV3 and
+EfficientNet's MBConv) and ShuffleNet's unit. (ShuffleNetV2's unit is in
+:mod:`jaxsep.models.shufflenet_v2`; squeeze-excite, stochastic depth and the activations in
+:mod:`jaxsep.models.layers`.)
 
 Every block is built from :mod:`jaxsep.nn` convolutions, ``nnx.BatchNorm`` and an activation;
 all images are channels-last ``(N, H, W, C)``.
@@ -32,7 +36,13 @@ from flax import nnx
 from jaxsep import _validation as v
 from jaxsep import nn
 from jaxsep import ops
-from jaxsep.models.layers import CONV_INIT, LINEAR_INIT, conv_padding
+from jaxsep.models.layers import (
+    CONV_INIT,
+    LINEAR_INIT,
+    DropPath,
+    SqueezeExcite,
+    conv_padding,
+)
 
 __all__ = [
     "BN_EPSILON",
@@ -91,13 +101,20 @@ def batch_norm(
 
 
 def classifier(
-    features: int, num_classes: int, *, dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs
+    features: int,
+    num_classes: int,
+    *,
+    kernel_init: nnx.Initializer = LINEAR_INIT,
+    dtype: Dtype | None,
+    param_dtype: Dtype,
+    rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """The final fully connected layer: ``normal(0, 0.01)`` weights, zero bias."""
+    """The final fully connected layer: ``normal(0, 0.01)`` weights (unless ``kernel_init``),
+    zero bias."""
     return nnx.Linear(
         features,
         num_classes,
-        kernel_init=LINEAR_INIT,
+        kernel_init=kernel_init,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -313,12 +330,31 @@ class DepthwiseSeparableBlock(nnx.Module):
 
 
 class InvertedResidual(nnx.Module):
-    """MobileNetV2's inverted residual with a linear bottleneck.
+    """MobileNetV2's inverted residual with a linear bottleneck, and its MobileNetV3 and
+    EfficientNet (MBConv) forms.
 
-    1x1 expansion to ``C * expand_ratio`` - BN - ReLU6 (skipped when ``expand_ratio == 1``),
-    3x3 depthwise - BN - ReLU6, 1x1 linear projection to ``O`` - BN; plus the input when the
-    shapes allow (stride 1 and ``C == O``). The hidden width is ``round(C * expand_ratio)``.
-    ``padding``, ``bn_epsilon``, ``bn_momentum``: see the module docstring.
+    1x1 expansion to ``hidden`` channels - BN - activation (skipped when ``hidden == C``),
+    ``kernel_size`` depthwise - BN - activation, optional squeeze-and-excite
+    (:class:`jaxsep.models.layers.SqueezeExcite` with ``se_features`` channels), 1x1 linear
+    projection to ``O`` - BN; plus the input when the shapes allow (stride 1 and ``C == O``),
+    the branch then passing through :class:`jaxsep.models.layers.DropPath` (stochastic depth,
+    train mode only) when ``drop_path_rate > 0``.
+
+    Args:
+      in_features: ``C``.
+      out_features: ``O``.
+      strides: of the depthwise step.
+      expand_ratio: ``hidden = round(C * expand_ratio)`` (MobileNetV2's rule) unless
+        ``hidden_features`` is given.
+      kernel_size: of the depthwise step (3; MobileNetV3 and EfficientNet also use 5).
+      hidden_features: the expanded width, when the family rounds it itself.
+      activation: after the expansion and the depthwise step.
+      se_features: ``S`` of the squeeze-and-excite step; None for none.
+      se_activation, se_gate: its functions.
+      drop_path_rate: of the residual branch (0: none).
+      padding, bn_epsilon, bn_momentum: see the module docstring.
+      dtype, param_dtype, impl, rngs: as in :class:`DepthwiseSeparableBlock` (``rngs`` also
+        draws the stochastic-depth masks).
 
     ``(N, H, W, C) -> (N, H / s, W / s, O)``.
     """
@@ -329,8 +365,14 @@ class InvertedResidual(nnx.Module):
         out_features: int,
         *,
         strides: int = 1,
-        expand_ratio: int = 6,
+        expand_ratio: float = 6,
+        kernel_size: int = 3,
+        hidden_features: int | None = None,
         activation: Activation = jax.nn.relu6,
+        se_features: int | None = None,
+        se_activation: Activation = jax.nn.relu,
+        se_gate: Activation = jax.nn.sigmoid,
+        drop_path_rate: float = 0.0,
         padding: str = "same",
         bn_epsilon: float = BN_EPSILON,
         bn_momentum: float = BN_MOMENTUM,
@@ -340,28 +382,50 @@ class InvertedResidual(nnx.Module):
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
-        expand_ratio = v.check_int(name, "expand_ratio", expand_ratio)
+        if hidden_features is None:
+            expand_ratio = v.check_number(name, "expand_ratio", expand_ratio, low=1.0, high=None)
+            hidden_features = int(round(in_features * expand_ratio))
+        hidden = v.check_int(name, "hidden_features", hidden_features)
         common = dict(
             bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, dtype=dtype, param_dtype=param_dtype,
             rngs=rngs,
         )
         self.in_features, self.out_features = in_features, out_features
-        hidden = int(round(in_features * expand_ratio))
+        self.hidden_features = hidden
         self.expand = (
             conv_norm_act(in_features, hidden, 1, activation=activation, **common)
-            if expand_ratio != 1
+            if hidden != in_features
             else nnx.data(None)
         )
         self.depthwise = depthwise_norm_act(
-            hidden, strides=strides, activation=activation, padding=padding, impl=impl, **common
+            hidden, kernel_size=kernel_size, strides=strides, activation=activation,
+            padding=padding, impl=impl, **common
+        )
+        self.se = (
+            SqueezeExcite(
+                hidden, se_features, activation=se_activation, gate=se_gate, dtype=dtype,
+                param_dtype=param_dtype, rngs=rngs,
+            )
+            if se_features is not None
+            else nnx.data(None)
         )
         self.project = conv_norm_act(hidden, out_features, 1, activation=None, **common)
         self.use_residual = strides == 1 and in_features == out_features
+        self.drop_path = (
+            DropPath(drop_path_rate, rngs=rngs)
+            if self.use_residual and drop_path_rate > 0
+            else nnx.data(None)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x if self.expand is None else self.expand(x)
-        y = self.project(self.depthwise(y))
-        return x + y if self.use_residual else y
+        y = self.depthwise(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        if not self.use_residual:
+            return y
+        return x + (y if self.drop_path is None else self.drop_path(y))
 
 
 class ShuffleUnit(nnx.Module):

@@ -9,21 +9,28 @@ plain data that a run's config can store); this module turns the names into func
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxsep import _validation as v
+from jaxsep import nn
 from jaxsep._choices import MODEL_PADDINGS
 
 __all__ = [
     "ACTIVATIONS",
     "CONV_INIT",
+    "DropPath",
     "LINEAR_INIT",
     "MODEL_PADDINGS",
+    "SqueezeExcite",
     "activation_fn",
     "conv_padding",
 ]
+
+Dtype = Any
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -67,3 +74,68 @@ def conv_padding(padding: str, kernel_size: int) -> str | int:
     if kernel_size % 2 == 0:
         v.fail("conv_padding", "kernel_size", "odd for symmetric padding", kernel_size)
     return kernel_size // 2
+
+
+class SqueezeExcite(nnx.Module):
+    """Squeeze-and-excitation (Hu et al., 2018): channel weights from the global average.
+
+    ``x * gate(expand(activation(reduce(mean_HW(x)))))``, where ``reduce`` (``C -> S``) and
+    ``expand`` (``S -> C``) are 1x1 convolutions with bias (:class:`jaxsep.nn.PointwiseConv`,
+    applied to the ``(N, 1, 1, C)`` mean). The families choose ``S`` and the functions:
+    MobileNetV3 ReLU and hard-sigmoid, EfficientNet SiLU and sigmoid. Multiply-adds: the two
+    1x1 layers, ``2 * C * S`` per image (the mean and the product are not counted, as
+    :func:`jaxsep.cost.count_macs` counts no elementwise work).
+
+    Args:
+      features: ``C``.
+      squeeze_features: ``S``.
+      activation, gate: functions (e.g. ``jax.nn.relu``, ``jax.nn.hard_sigmoid``).
+      dtype, param_dtype, rngs: as in :mod:`jaxsep.nn`. The kernels start as the
+        convolutions' (:data:`CONV_INIT`), the biases at zero, as in torchvision.
+
+    ``(N, H, W, C) -> (N, H, W, C)``.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        squeeze_features: int,
+        *,
+        activation: Activation = jax.nn.relu,
+        gate: Activation = jax.nn.sigmoid,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        common = dict(
+            spatial_dims=2, use_bias=True, kernel_init=CONV_INIT, dtype=dtype,
+            param_dtype=param_dtype, rngs=rngs,
+        )
+        self.in_features = self.out_features = features
+        self.squeeze_features = squeeze_features
+        self.reduce = nn.PointwiseConv(features, squeeze_features, **common)
+        self.expand = nn.PointwiseConv(squeeze_features, features, **common)
+        self.activation = activation
+        self.gate = gate
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+        scale = self.gate(self.expand(self.activation(self.reduce(scale))))
+        return x * scale.astype(x.dtype)
+
+
+class DropPath(nnx.Dropout):
+    """Stochastic depth (Huang et al., 2016) on a residual branch: in train mode each example's
+    branch is zeroed with probability ``rate`` and otherwise scaled by ``1 / (1 - rate)``; in
+    eval mode (``model.eval()``) the identity.
+
+    torchvision's ``StochasticDepth(p, "row")`` and timm's ``DropPath`` (``scale_by_keep``):
+    an ``nnx.Dropout`` whose mask is shared by every non-batch axis of a channels-last
+    ``(N, *S, C)`` input with ``spatial_dims`` spatial axes. Draws from the "dropout" stream of
+    ``rngs``, as ``nnx.Dropout``.
+    """
+
+    def __init__(self, rate: float, *, spatial_dims: int = 2, rngs: nnx.Rngs | None = None):
+        rate = v.check_number("DropPath", "rate", rate, low=0.0, high=1.0)
+        spatial_dims = v.check_int("DropPath", "spatial_dims", spatial_dims)
+        super().__init__(rate, broadcast_dims=tuple(range(1, spatial_dims + 2)), rngs=rngs)

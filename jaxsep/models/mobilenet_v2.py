@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsep import _validation as v
 from jaxsep import ops
 from jaxsep.models import _common
 from jaxsep.models._registry import register_model
@@ -83,17 +82,11 @@ class MobileNetV2(nnx.Module):
         impl: ops.Impl = "auto",
         rngs: nnx.Rngs,
     ):
-        name = type(self).__name__
-        self.variant = _common.check_variant(name, variant)
-        self.num_classes = _common.resolve_num_classes(name, num_classes, variant)
-        self.width_multiplier = _common.check_width(name, width_multiplier)
-        self.dropout_rate = _common.check_rate(name, dropout_rate)
-        options = _common.layer_options(
-            name, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum
+        options, in_channels = _common.model_options(
+            self, variant=variant, num_classes=num_classes, width_multiplier=width_multiplier,
+            dropout_rate=dropout_rate, padding=padding, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+            in_channels=in_channels,
         )
-        self.padding = options["padding"]
-        self.bn_epsilon, self.bn_momentum = options["bn_epsilon"], options["bn_momentum"]
-        in_channels = v.check_int(name, "in_channels", in_channels)
 
         width = self.width_multiplier
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
