@@ -337,3 +337,56 @@ def test_preprocess_matches_the_sources_transforms(tmp_path):
         got = predict.preprocess(path, SOURCES[library][name].preprocessing)
         # Both resize and crop with PIL in 8 bits: only the float normalization can round.
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: what the safetensors package and torch.save write, end to end through the CLI.
+
+
+def test_load_state_dict_reads_what_safetensors_and_torch_write(tmp_path):
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    from jaxsep.convert import load_state_dict
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=generator),
+        "half": torch.randn(5, generator=generator).half(),
+        "brain": torch.randn(2, 3, generator=generator).bfloat16(),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "ints": torch.arange(-3, 3, dtype=torch.int32),
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    torch.save(tensors, tmp_path / "model.pth")
+    nested = {"state_dict": {f"module.{k}": v for k, v in tensors.items()}, "epoch": 3}
+    torch.save(nested, tmp_path / "checkpoint.pth.tar")
+    for file in ("model.safetensors", "model.pth", "checkpoint.pth.tar"):
+        loaded = load_state_dict(tmp_path / file)
+        assert sorted(loaded) == sorted(tensors), file
+        for name, tensor in tensors.items():
+            want = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+            assert str(loaded[name].dtype) == str(tensor.dtype).replace("torch.", ""), name
+            np.testing.assert_array_equal(loaded[name].astype(want.dtype), want, err_msg=name)
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth.*no mapping of names to tensors"):
+        load_state_dict(tmp_path / "list.pth")
+
+
+def test_cli_convert_of_a_torchvision_file_gives_its_logits(tmp_path):
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    from jaxsep import cli, models
+
+    model, state, want = reference("torchvision", "mobilenet_v3_small")
+    save_file(dict(state), tmp_path / "mobilenet_v3_small.safetensors")
+    out = tmp_path / "run"
+    assert cli.main(["convert", "--from", "torchvision:mobilenet_v3_small", "--checkpoint",
+                     str(tmp_path / "mobilenet_v3_small.safetensors"), "--out", str(out)]) == 0
+    loaded = models.load(out)
+    assert relative_error(loaded(nhwc(images())), want) <= RTOL
+    torch.save(state, tmp_path / "weights.pth")
+    assert cli.main(["convert", "--from", "torchvision:mobilenet_v3_small", "--checkpoint",
+                     str(tmp_path / "weights.pth"), "--out", str(tmp_path / "run2")]) == 0
+    assert relative_error(models.load(tmp_path / "run2")(nhwc(images())), want) <= RTOL
