@@ -3,12 +3,13 @@
 For every supported name: the source model with random weights, every BatchNorm's affine
 parameters and every bias random too, and BatchNorm statistics measured on a calibration batch
 (cumulative averages) and then perturbed, so that a swapped or misplaced tensor changes the
-output and the output depends on the input. Its state dict is converted and the logits on a random batch
-compared: ``max |jaxsep - torch| <= 1e-4 * max |torch|`` in float32, eval mode, with the
-depthwise convolutions lowered both as "taps" and as "xla". One model per family also runs
-in train mode (batch statistics; dropout and stochastic depth off) and compares every stage's
-output, so that a failure says where. Inputs are 64x64 (an even size at every stride-2 layer,
-where TF "SAME" and symmetric padding differ).
+output and the output depends on the input. Its state dict is converted and the logits on a
+random batch compared: ``max |jaxsep - torch| <= 1e-4 * max |torch|`` in float32, eval mode,
+with the depthwise convolutions lowered as "taps" and as "xla" (the names the issue lists; the
+other widths and depths as "xla"). One model per family and source also runs in train mode
+(batch statistics; dropout and stochastic depth off) and compares every stage's output, so
+that a failure says where. Inputs are 64x64 (an even size at every stride-2 layer, where TF
+"SAME" and symmetric padding differ).
 
 Needs the ``parity`` extra: ``pip install -e ".[test,parity]"`` (see docs/convert.md).
 """

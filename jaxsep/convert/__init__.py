@@ -8,7 +8,6 @@ How to convert, which names, what differs between the sources and how parity is 
 ``docs/convert.md``.
 """
 
-from jaxsep.convert.files import load_state_dict as load_state_dict
 from jaxsep.convert.api import (
     Converted as Converted,
     convert_source as convert_source,
@@ -17,3 +16,4 @@ from jaxsep.convert.api import (
     save as save,
     source_names as source_names,
 )
+from jaxsep.convert.files import load_state_dict as load_state_dict

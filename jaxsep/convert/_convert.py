@@ -20,14 +20,23 @@ from jaxsep import models
 from jaxsep.convert import _mapping
 from jaxsep.convert.files import to_numpy
 
-__all__ = ["Converted", "Source", "convert", "staged", "timm_preprocessing", "tv_preprocessing"]
+__all__ = [
+    "TORCH_LAYERS",
+    "Converted",
+    "Source",
+    "convert",
+    "staged",
+    "timm_preprocessing",
+    "tv_preprocessing",
+]
 
-Pairs = Callable[[nnx.Module], Iterator[tuple[str, nnx.Module]]]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # TF-ported weights (tf_*), and timm's newer recipes
 INCEPTION_STD = (0.5, 0.5, 0.5)
+# PyTorch's layers: symmetric padding, BatchNorm2d(eps=1e-5, momentum=0.1) (Flax's 0.9).
+TORCH_LAYERS = dict(padding="symmetric", bn_epsilon=1e-5, bn_momentum=0.9)
 
 
 def tv_preprocessing(
@@ -71,7 +80,7 @@ class Source:
 
     model: str
     kwargs: Mapping[str, Any]
-    pairs: Pairs
+    pairs: Callable[[nnx.Module], _mapping.Pairs]
     preprocessing: Mapping[str, Any]
     classifier: str = "classifier"
 
@@ -138,6 +147,6 @@ def staged(blocks: Sequence[nnx.Module], repeats: Sequence[int]) -> Iterator[
             yield stage, index, next(blocks)
 
 
-def conv_norm(conv: str, norm: str, layer: nnx.Module) -> list[tuple[str, nnx.Module]]:
+def conv_norm(conv: str, norm: str, layer: nnx.Module) -> list[_mapping.Pair]:
     """The two pairs of a :class:`jaxsep.models.ConvNormAct`: its conv and its BatchNorm."""
     return [(conv, layer.conv), (norm, layer.norm)]

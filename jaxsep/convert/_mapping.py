@@ -1,7 +1,8 @@
 """The mapping engine: source names -> a jaxsep model's variables, checked before anything is set.
 
-A family's mapping (in :mod:`jaxsep.convert.timm` and :mod:`jaxsep.convert.torchvision`) is a
-list of ``(source prefix, jaxsep module)`` pairs, e.g. ``("features.0.0", model.stem.conv)``.
+A family's mapping (in :mod:`jaxsep.convert._timm` and :mod:`jaxsep.convert._torchvision`) is
+a function from the model to its ``(source prefix, jaxsep module)`` pairs, e.g.
+``("features.0.0", model.stem.conv)``.
 The module's type says which tensors it takes and in which layout, one rule per type:
 
 ======================================  =================================  ======================
@@ -36,10 +37,11 @@ from jaxsep import nn
 from jaxsep.convert.files import to_numpy
 from jaxsep.models._saved import fill_random_streams
 
-__all__ = ["Target", "apply", "export", "targets"]
+__all__ = ["Pair", "Pairs", "Target", "apply", "export", "targets"]
 
 # (source prefix, module) or (source prefix, module, layout)
-Pairs = Iterable[tuple[str, nnx.Module] | tuple[str, nnx.Module, str]]
+Pair = tuple[str, nnx.Module] | tuple[str, nnx.Module, str]
+Pairs = Iterable[Pair]
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 _MAX_LISTED = 8  # names listed in one error message; the count says how many more
 

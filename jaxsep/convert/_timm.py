@@ -23,20 +23,22 @@ from flax import nnx
 from jaxsep.convert._convert import (
     INCEPTION_MEAN,
     INCEPTION_STD,
+    TORCH_LAYERS,
     Source,
     conv_norm,
     staged,
     timm_preprocessing,
 )
+from jaxsep.convert._mapping import Pair
 from jaxsep.models.efficientnet import SCALES as EFFICIENTNET_SCALES, stage_repeats
 from jaxsep.models.mobilenet_v2 import STAGES as V2_STAGES
 
 __all__ = ["SOURCES"]
 
-Pairs = Iterator[tuple[str, nnx.Module] | tuple[str, nnx.Module, str]]
+Pairs = Iterator[Pair]
 
-TORCH_BN = dict(padding="symmetric", bn_epsilon=1e-5, bn_momentum=0.9)
-TF_BN = dict(padding="same", bn_epsilon=1e-3, bn_momentum=0.9)
+# The tf_ ports: TF "SAME" padding, BatchNorm eps 1e-3 (timm keeps PyTorch's momentum).
+TF_LAYERS = dict(padding="same", bn_epsilon=1e-3, bn_momentum=0.9)
 NO_DROP = dict(dropout_rate=0.0)
 
 # timm's stages (its arch_def rows), in blocks. MobileNetV1 groups its 13 blocks by stride;
@@ -121,14 +123,14 @@ def _sources() -> dict[str, Source]:
     for name, width, crop_pct in (("mobilenetv1_100", 1.0, 0.875), ("mobilenetv1_125", 1.25, 0.9)):
         sources[name] = Source(
             "mobilenet_v1",
-            dict(width_multiplier=width, activation="relu6", **TORCH_BN, **NO_DROP),
+            dict(width_multiplier=width, activation="relu6", **TORCH_LAYERS, **NO_DROP),
             mobilenet_v1_pairs,
             timm_preprocessing(224, crop_pct, **inception),
         )
     for suffix in ("035", "050", "075", "100", "140"):
         sources[f"mobilenetv2_{suffix}"] = Source(
             "mobilenet_v2",
-            dict(width_multiplier=int(suffix) / 100, **TORCH_BN, **NO_DROP),
+            dict(width_multiplier=int(suffix) / 100, **TORCH_LAYERS, **NO_DROP),
             mobilenet_v2_pairs,
             timm_preprocessing(224),
         )
@@ -138,14 +140,14 @@ def _sources() -> dict[str, Source]:
     ):
         sources[f"mobilenetv3_{size}_{suffix}"] = Source(
             f"mobilenet_v3_{size}",
-            dict(width_multiplier=int(suffix) / 100, scaling="timm", **TORCH_BN, **NO_DROP),
+            dict(width_multiplier=int(suffix) / 100, scaling="timm", **TORCH_LAYERS, **NO_DROP),
             mobilenet_v3_pairs,
             timm_preprocessing(224, interpolation=interpolation),
         )
     for size, suffix in (("large", "075"), ("large", "100"), ("small", "075"), ("small", "100")):
         sources[f"tf_mobilenetv3_{size}_{suffix}"] = Source(
             f"mobilenet_v3_{size}",
-            dict(width_multiplier=int(suffix) / 100, scaling="timm", **TF_BN, **NO_DROP),
+            dict(width_multiplier=int(suffix) / 100, scaling="timm", **TF_LAYERS, **NO_DROP),
             mobilenet_v3_pairs,
             timm_preprocessing(224, interpolation="bilinear", **inception),
         )
@@ -181,7 +183,7 @@ def _sources() -> dict[str, Source]:
     for name, (size, crop_pct, interpolation, crop_mode, norm) in efficientnets.items():
         sources[name] = Source(
             "efficientnet_" + name.rpartition("_")[2],
-            dict(**(TF_BN if name.startswith("tf_") else TORCH_BN), drop_path_rate=0.0,
+            dict(**(TF_LAYERS if name.startswith("tf_") else TORCH_LAYERS), drop_path_rate=0.0,
                  **NO_DROP),
             efficientnet_pairs,
             timm_preprocessing(size, crop_pct, interpolation, crop_mode=crop_mode, **norm),

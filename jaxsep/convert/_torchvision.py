@@ -16,16 +16,23 @@ from collections.abc import Iterator
 
 from flax import nnx
 
-from jaxsep.convert._convert import Source, conv_norm, staged, tv_preprocessing
+from jaxsep.convert._convert import (
+    TORCH_LAYERS,
+    Source,
+    conv_norm,
+    staged,
+    tv_preprocessing,
+)
+from jaxsep.convert._mapping import Pair
 from jaxsep.models.efficientnet import SCALES as EFFICIENTNET_SCALES, stage_repeats
 from jaxsep.models.shufflenet_v2 import STAGE_REPEATS as SHUFFLENET_V2_REPEATS
 
 __all__ = ["SOURCES"]
 
-Pairs = Iterator[tuple[str, nnx.Module]]
+Pairs = Iterator[Pair]
 
-TORCH_BN = dict(padding="symmetric", bn_epsilon=1e-5, bn_momentum=0.9)
-TF_BN = dict(padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99)
+# MobileNetV3's and EfficientNet-B5..B7's BatchNorm2d(eps=1e-3, momentum=0.01).
+EPS_1E3_LAYERS = dict(padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99)
 
 
 def _features(index: int, layer: nnx.Module) -> Pairs:
@@ -108,18 +115,18 @@ def _sources() -> dict[str, Source]:
     """The preprocessing is that of each name's ``DEFAULT`` weights in torchvision 0.29."""
     sources = {
         "mobilenet_v2": Source(
-            "mobilenet_v2", dict(TORCH_BN), mobilenet_v2_pairs, tv_preprocessing(224, 232),
+            "mobilenet_v2", dict(TORCH_LAYERS), mobilenet_v2_pairs, tv_preprocessing(224, 232),
             classifier="classifier.1",
         ),
     }
     for size, resize in (("large", 232), ("small", 256)):
         sources[f"mobilenet_v3_{size}"] = Source(
-            f"mobilenet_v3_{size}", dict(scaling="torchvision", dropout_rate=0.2, **TF_BN),
+            f"mobilenet_v3_{size}", dict(scaling="torchvision", dropout_rate=0.2, **EPS_1E3_LAYERS),
             mobilenet_v3_pairs, tv_preprocessing(224, resize), classifier="classifier.3",
         )
     for suffix, resize in (("0_5", 256), ("1_0", 256), ("1_5", 232), ("2_0", 232)):
         sources[f"shufflenet_v2_x{suffix}"] = Source(
-            "shufflenet_v2", dict(width_multiplier=float(suffix.replace("_", ".")), **TORCH_BN),
+            "shufflenet_v2", dict(width_multiplier=float(suffix.replace("_", ".")), **TORCH_LAYERS),
             shufflenet_v2_pairs, tv_preprocessing(224, resize), classifier="fc",
         )
     # name -> (crop, resize, interpolation) of its DEFAULT weights
@@ -129,9 +136,10 @@ def _sources() -> dict[str, Source]:
         "b6": (528, 528, "bicubic"), "b7": (600, 600, "bicubic"),
     }
     for scale, (crop, resize, interpolation) in efficientnets.items():
+        layers = EPS_1E3_LAYERS if scale in ("b5", "b6", "b7") else TORCH_LAYERS
         sources[f"efficientnet_{scale}"] = Source(
             f"efficientnet_{scale}",
-            dict(**(TF_BN if scale in ("b5", "b6", "b7") else TORCH_BN), drop_path_rate=0.2),
+            dict(**layers, drop_path_rate=0.2),
             efficientnet_pairs, tv_preprocessing(crop, resize, interpolation),
             classifier="classifier.1",
         )

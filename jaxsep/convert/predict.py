@@ -65,7 +65,9 @@ def preprocess(image: str | os.PathLike, preprocessing: Mapping[str, Any]) -> np
         with Image.open(path) as opened:
             picture = opened.convert("RGB")
     except (OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"predict: {str(path)!r} is not an image Pillow can read ({error})")
+        raise ValueError(
+            f"predict: {str(path)!r} is not an image Pillow can read ({error})"
+        ) from None
     width, height = picture.size
     if mode == "squash":
         size = (resize, resize)
