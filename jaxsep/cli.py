@@ -11,6 +11,8 @@ every subcommand can be tested by calling ``main([...])``.
   jaxsep eval --run DIR [--which best|last] [--data-dir DIR] [--json]
   jaxsep sweep FILE [--preset cpu|full] [--dry-run] [--only LABEL ...] [--collect-only]
                [--runs-dir DIR] [--results-dir DIR] [--keep-going] [--quiet] [--no-plot]
+  jaxsep convert --from timm:NAME|torchvision:NAME --checkpoint FILE --out DIR
+  jaxsep predict --run DIR IMAGE... [--top K]
 
 train, eval and sweep first call :func:`jaxsep.host_memory.reuse_host_memory_from_env` (glibc
 keeps freed host memory for the next step; ``JAXSEP_REUSE_HOST_MEMORY=0`` opts out) and
@@ -180,12 +182,78 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return sweep.run_sweep_command(args)
 
 
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert timm or torchvision weights into a jaxsep model folder",
+        description="Convert a timm or torchvision checkpoint (.safetensors; .pth/.bin need "
+        "torch) into DIR: config.json (model, arguments, the source's preprocessing) and an "
+        "Orbax checkpoint, which jaxsep.models.load(DIR) and jaxsep predict read. Exit "
+        "status: 0 done, 2 bad name, file or state dict. See docs/convert.md.",
+    )
+    parser.add_argument("--from", dest="source", required=True, metavar="LIBRARY:NAME",
+                        help="timm:NAME or torchvision:NAME, e.g. timm:mobilenetv3_large_100")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="the source model's weights (its state_dict)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the folder to write (must not exist, or be empty)")
+    parser.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from jaxsep import convert
+
+    try:
+        state = convert.load_state_dict(args.checkpoint)
+        converted = convert.convert_source(args.source, state)
+        out = convert.save(converted, args.out)
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        print(f"jaxsep convert: error: {error}", file=sys.stderr)
+        return 2
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in converted.model_kwargs.items())
+    print(f"{args.source} -> {converted.name}({kwargs}) in {out}")
+    return 0
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="print the top classes of images with a converted model",
+        description="Classify images with a folder written by jaxsep convert, preprocessed as "
+        "the source model's (resize, centre crop, normalization); needs Pillow. Exit status: "
+        "0 done, 2 bad folder or image.",
+    )
+    parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
+                        help="a folder written by jaxsep convert")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top", type=int, default=5, metavar="K",
+                        help="classes printed per image (default 5)")
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from jaxsep.convert import predict
+
+    try:
+        results = predict.predict(args.run_dir, args.images, top=args.top)
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        print(f"jaxsep predict: error: {error}", file=sys.stderr)
+        return 2
+    for image, classes in zip(args.images, results):
+        print(image)
+        for index, name, probability in classes:
+            print(f"  {probability:7.2%}  {name} ({index})")
+    return 0
+
+
 # Subcommand name -> the function that declares it. Add train/eval/sweep here.
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "info": _add_info,
     "train": _add_train,
     "eval": _add_eval,
     "sweep": _add_sweep,
+    "convert": _add_convert,
+    "predict": _add_predict,
 }
 
 

@@ -15,6 +15,7 @@ dropout is active; the state after construction) and ``model.eval()`` (running s
 no dropout).
 """
 
+from jaxsep.models._saved import load as load, save as save
 from jaxsep.models._registry import (
     create as create,
     list_models as list_models,
