@@ -300,10 +300,13 @@ ZOO_SMALL = {
 
 
 def compiled(*fast):
-    """The old models, and the newer families with all but ``fast`` marked slow."""
+    """Every model, all but MobileNetV1 and ``fast`` marked slow: a compile of each costs
+    10-25 s on two cores, and the fast suite keeps one of each kind (the other old models'
+    blocks are covered by the ops, nn and shape tests; CI runs the rest with -m slow)."""
+    keep = ("mobilenet_v1", *fast)
     return [
-        *MODELS,
-        *(pytest.param(n, marks=[] if n in fast else [pytest.mark.slow]) for n in ZOO_SMALL),
+        pytest.param(n, marks=[] if n in keep else [pytest.mark.slow])
+        for n in (*MODELS, *ZOO_SMALL)
     ]
 
 
@@ -547,6 +550,7 @@ def test_factorize_mobilenet_v1_keeps_the_layer_options():
     assert all(n.epsilon == 1e-3 and n.momentum == 0.99 for n in batch_norms(converted))
 
 
+@pytest.mark.slow  # factorizes and runs a standard MobileNetV1 three times (about 12 s)
 def test_factorize_mobilenet_v1_error_falls_with_the_depth_multiplier():
     model = trained_looking_standard_v1()
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
