@@ -80,3 +80,26 @@ def test_bench_startup_cold_then_warm(tmp_path):
     assert (cold["kind"], warm["kind"]) == ("cold", "warm")
     assert cold["cache_hits"] == 0 and warm["cache_hits"] >= 2  # init and the train step
     assert "| warm |" in table and report["device"] in table
+
+
+def test_guidelines_quick(tmp_path):
+    """The four tables at the arm setting x1 (tiny inputs): every row's ratio to the first row,
+    the paper's ratios beside it, and the plot when matplotlib is there."""
+    _run("guidelines.py", "--out", str(tmp_path))
+    report, table = _report(tmp_path, "guidelines")
+    assert [(t["guideline"], t["setting"], t["scale"], t["batch"]) for t in report["tables"]] == [
+        (g, "arm", 1, 1) for g in (1, 2, 3, 4)]
+    g2 = report["tables"][1]
+    assert [r["label"] for r in g2["rows"]] == ["g=1 (c=64)", "g=2 (c=90)", "g=4 (c=128)", "g=8 (c=184)"]
+    assert g2["paper_speed"]["arm"] == [40.0, 35.0, 32.9, 27.8]
+    for t in report["tables"]:
+        first = t["rows"][0]
+        assert first["ratio"]["jaxsep"] == 1.0 and t["paper_ratio"]["gpu"][0] == 1.0
+        assert all(r["ms"]["jaxsep"] > 0 and "torch" not in r["ms"] for r in t["rows"])
+    assert "## G4 (Table 4)" in table and "| 1:12 (9,108) |" in table
+    assert "torch n/a (--no-torch)" in table
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / f"guidelines_{jax.default_backend()}.png").stat().st_size > 0
