@@ -467,8 +467,10 @@ def plot(report: dict, path: Path) -> bool:
         ax.axhline(1.0, color="grey", linewidth=0.5)
         # a log scale shows 2x faster and 2x slower as the same distance from 1
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        # labels at 1, 2, 3, 5, 7 times each power of ten: every minor tick labelled overlaps
+        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 3.0, 5.0, 7.0)))
+        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_set(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xticks(list(xs), labels, fontsize=8, rotation=15)
         ax.set_ylabel("speed / first row's speed")
         ax.grid(True, alpha=0.3)
@@ -528,8 +530,9 @@ def main(argv=None) -> int:
     rounds = default(args.rounds, 5, QUICK["rounds"])
     calls = default(args.calls, 3, QUICK["calls"])
     torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
-    threads = f"XLA:CPU's default pool (one per core, {os.cpu_count()} cores)"
-    if torch_device:
+    threads = (f"XLA:CPU's default pool (one per core, {os.cpu_count()} cores)"
+               if backend == "cpu" else f"jax on {backend}")
+    if torch_device == "cpu":
         import torch
 
         threads += f", torch {torch.get_num_threads()}"
