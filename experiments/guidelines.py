@@ -377,6 +377,11 @@ def _fastest(labels: Sequence[str], values: Sequence[float | None]) -> str:
     return max(known)[1].split(" (")[0] if known else "n/a"
 
 
+def _load(report: dict) -> str:
+    load = report.get("load_average")
+    return "n/a" if load is None else " / ".join(f"{v:.2f}" for v in load) + " (1/5/15 min)"
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# ShuffleNet V2's guidelines, measured ({report['backend']}: {report['device']})",
@@ -384,7 +389,7 @@ def markdown(report: dict) -> str:
         partial_note(report)
         + f"jax {report['jax']} (plain `jax.jit`, XLA's default compiler options), "
         f"{report['torch_note']} (`nn.Conv2d`, channels-last, `inference_mode`); threads: "
-        f"{report['threads']}; float32, forward only, input {report['size']}x{report['size']}, "
+        f"{report['threads']}; load average at start {_load(report)}; float32, forward only, input {report['size']}x{report['size']}, "
         f"{report['blocks']} blocks per network; medians of {report['rounds']} rounds x "
         f"{report['calls']} calls; {host_memory_note(report)}; {autotune_note(report)}. "
         f"Command: `{report['command']}`.",
@@ -393,7 +398,8 @@ def markdown(report: dict) -> str:
         "row), median of per-round ratios; `paper GPU` and `paper ARM` are the same ratio from "
         "the paper's speeds at the same width (x1, x2, x4), whatever setting's channels we ran. "
         "`MACs` are per image, read from the jaxsep program's jaxpr by `jaxsep.cost.count_macs`. "
-        f"Paper numbers: {report['paper_source']}.",
+        f"Paper numbers: {report['paper_source']}; their units are missing from that source "
+        "(ratios need none).",
     ]
     for guideline in GUIDELINES:
         tables = [t for t in report["tables"] if t["guideline"] == guideline]
@@ -544,6 +550,9 @@ def main(argv=None) -> int:
         "torch": torch_version if torch_device else None,
         "torch_note": torch_note,
         "threads": threads,
+        # other work on the cores distorts these timings (torch's threads worst of all: they
+        # wait for each other at every op), so the load at the start goes into the report
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "size": size,
         "blocks": blocks,
         "rounds": rounds,
