@@ -388,8 +388,10 @@ def markdown(report: dict) -> str:
         "",
         partial_note(report)
         + f"jax {report['jax']} (plain `jax.jit`, XLA's default compiler options), "
-        f"{report['torch_note']} (`nn.Conv2d`, channels-last, `inference_mode`); threads: "
-        f"{report['threads']}; load average at start {_load(report)}; float32, forward only, input {report['size']}x{report['size']}, "
+        f"{report['torch_note']}"
+        + (" (`nn.Conv2d`, channels-last, `inference_mode`)" if report["torch"] else "")
+        + f"; threads: {report['threads']}; load average at start {_load(report)}; float32, "
+        f"forward only, input {report['size']}x{report['size']}, "
         f"{report['blocks']} blocks per network; medians of {report['rounds']} rounds x "
         f"{report['calls']} calls; {host_memory_note(report)}; {autotune_note(report)}. "
         f"Command: `{report['command']}`.",
