@@ -155,3 +155,55 @@ def test_num_classes_and_model_args_fields():
     with pytest.raises(TypeError, match=r"model_args\['padding'\] must be a JSON scalar"):
         tiny_config(None, model_args={"padding": [1, 1]})
     assert load_dataset(tiny_config(None, num_classes=7)).num_classes == 7
+
+
+def write_images(root, classes, per_class: int = 3, seed: int = 0) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (40, 48) if i % 2 else (48, 36)  # resized and cropped to 32 x 32
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+
+def test_eval_a_saved_model_on_an_image_folder(saved, tmp_path, capsys):
+    from jaxsep.convert.predict import preprocess
+
+    folder, model = saved[10]
+    images = tmp_path / "images"
+    write_images(images, ["0", "3", "9"])
+    assert cli_main(["eval", "--run", str(folder), "--data-dir", str(images), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # The same, computed directly: integer folder names are the class indices.
+    config = json.loads((folder / "config.json").read_text())
+    files = [(images / c / f"{i}.{'png' if i % 2 else 'jpg'}", int(c))
+             for c in ("0", "3", "9") for i in range(3)]
+    x = np.stack([preprocess(path, config["preprocessing"]) for path, _ in files])
+    logits = np.asarray(model(jax.numpy.asarray(x)))
+    labels = np.array([label for _, label in files])
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    assert result["num_images"] == 9 and result["num_classes"] == 10
+    assert result["top1"] == np.mean(top5[:, 0] == labels)
+    assert result["top5"] == np.mean(np.any(top5 == labels[:, None], axis=1))
+    assert result["source"] == "test:random"
+    assert cli_main(["eval", "--run", str(folder), "--data-dir", str(images)]) == 0
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_eval_a_saved_model_bad_input(saved, tmp_path, capsys):
+    folder, _ = saved[10]
+    named = tmp_path / "named"
+    write_images(named, ["cat", "dog"], per_class=1)
+    for argv, message in [
+        ([], "needs --data-dir"),
+        (["--data-dir", str(tmp_path / "none")], "is not a folder"),
+        (["--data-dir", str(named)], "has 2 class folders, but the model has 10 classes"),
+        (["--data-dir", str(named), "--which", "last"], "--which applies to run folders"),
+    ]:
+        assert cli_main(["eval", "--run", str(folder), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert cli_main(["eval", "--run", str(tmp_path), "--data-dir", str(named)]) == 2
+    assert "not a run folder" in capsys.readouterr().err

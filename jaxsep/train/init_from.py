@@ -29,7 +29,7 @@ from jaxsep.train import checkpoints, run_folder
 from jaxsep.train.config import SET_BY_FIELDS, TrainConfig
 from jaxsep.train.model_from_config import NUM_CLASSES, abstract_model, model_kwargs
 
-__all__ = ["Source", "check", "initial_variables", "read_source", "resolve"]
+__all__ = ["Source", "check", "initial_variables", "is_saved_model", "read_source", "resolve"]
 
 RUN, MODEL = "run", "model"  # the two kinds of folder
 _WHERE = "TrainConfig: init_from"
@@ -90,10 +90,18 @@ def read_source(folder: str | Path) -> Source:
     return Source(path, RUN, run_config.model, model_kwargs(run_config))
 
 
+def is_saved_model(folder: str | Path) -> bool:
+    """Whether ``folder`` has a saved model's ``config.json`` (else: a run folder, or
+    neither)."""
+    return _is_model_config(Path(folder).expanduser() / run_folder.CONFIG_FILE)
+
+
 def _is_model_config(path: Path) -> bool:
+    if not path.is_file():
+        return False
     try:
         config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(config, dict) and config.get("format") == _saved.FORMAT
 
