@@ -147,7 +147,7 @@ def test_num_classes_and_model_args_fields():
     config = tiny_config(None, num_classes=7, model_args={"padding": "symmetric"})
     assert train.TrainConfig.from_json(config.to_json()) == config
     assert train.TrainConfig(model_args={}).model_args is None
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 2, but got 1"):
+    with pytest.raises(ValueError, match="num_classes must be >= 2, but got 1"):
         tiny_config(None, num_classes=1)
     with pytest.raises(ValueError, match=r"model_args must be free of keywords that other "
                        r"fields set \(\['num_classes'\]\)"):

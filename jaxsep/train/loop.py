@@ -235,15 +235,12 @@ class _Trainer:
         """Replaces the initial parameters and BatchNorm statistics by ``init_from``'s, all
         but a new classifier head (the optimizer state stays fresh; preflight checked the
         shapes; see :mod:`jaxsep.train.init_from`)."""
-        params, batch_stats, self.initialized_from = init_from.initial_variables(
-            self.config, self.state["params"], self.state["batch_stats"],
-            self.spec.replicated,
-        )
-        self.state["params"], self.state["batch_stats"] = params, batch_stats
-        self.state["opt_state"] = S.init_optimizer_state(self.spec, params)
-        logger.info("initialized from %s (%s%s)", self.config.init_from,
-                    self.initialized_from["model"],
-                    ", new head" if self.initialized_from["new_head"] else "")
+        params, batch_stats, record = init_from.initial_variables(
+            self.config, self.state["params"], self.state["batch_stats"], self.spec.replicated)
+        self.state.update(params=params, batch_stats=batch_stats,
+                          opt_state=S.init_optimizer_state(self.spec, params))
+        self.initialized_from = record
+        logger.info("initialized from %s (new head: %s)", record["folder"], record["new_head"])
 
     def save(self) -> str | None:
         """Checkpoints the state and the loop's position; returns the folder (None without
