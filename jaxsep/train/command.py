@@ -87,24 +87,58 @@ def run_error_status(prog: str, error: Exception) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares ``jaxsep eval``'s flags."""
     parser.add_argument(
-        "--run", dest="run_dir", required=True, metavar="DIR", help="a run folder (--out of train)"
+        "--run", dest="run_dir", required=True, metavar="DIR",
+        help="a run folder (--out of train), or a saved model folder (--out of jaxsep "
+        "convert, jaxsep.models.save): then top-1 and top-5 accuracy on --data-dir",
     )
     parser.add_argument(
         "--which", choices=("best", "last"), default="best",
-        help="the best test accuracy's checkpoint (default) or the last one",
+        help="the best test accuracy's checkpoint (default) or the last one (run folders)",
     )
     parser.add_argument(
         "--data-dir", default=None, metavar="DIR",
-        help="where the data is now, if not where the run found it",
+        help="a run folder: where the data is now, if not where the run found it. A saved "
+        "model folder: the images, one subfolder per class; integer names are class indices, "
+        "other names are sorted and numbered from 0 (as torchvision's ImageFolder; "
+        "CIFAR-10's names take CIFAR-10's order); each image preprocessed as jaxsep predict "
+        "does",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _run_eval_model(prog: str, args: argparse.Namespace) -> int:
+    from jaxsep.convert.evaluate import evaluate_model
+
+    if args.which != "best":
+        return _error(prog, ValueError("--which applies to run folders; a saved model folder "
+                                       "holds one set of weights"))
+    if args.data_dir is None:
+        return _error(prog, ValueError("a saved model folder needs --data-dir (a folder of "
+                                       "images, one subfolder per class)"))
+    try:
+        result = evaluate_model(args.run_dir, args.data_dir)
+    except (ValueError, OSError, ImportError) as error:
+        return _error(prog, error)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        n = result["num_images"]
+        print(
+            f"{args.run_dir}: top-1 {100 * result['top1']:.2f}% "
+            f"({round(result['top1'] * n)}/{n}), top-5 {100 * result['top5']:.2f}% "
+            f"({round(result['top5'] * n)}/{n}) on {result['data_dir']}"
+        )
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Runs ``jaxsep eval``; returns the exit status."""
+    from jaxsep.train.init_from import is_saved_model
     from jaxsep.train.loop import evaluate_run
 
     prog = "jaxsep eval"
+    if is_saved_model(args.run_dir):
+        return _run_eval_model(prog, args)
     try:
         result = evaluate_run(args.run_dir, which=args.which, data_dir=args.data_dir)
     except (TypeError, ValueError, OSError) as error:

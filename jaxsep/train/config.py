@@ -26,6 +26,7 @@ from jaxsep._validation import (
     check_number,
     check_optional_int,
     check_str,
+    fail,
 )
 
 __all__ = [
@@ -55,6 +56,12 @@ SYNTHETIC_TEST = 1000
 
 # Fields that may differ between a run and its resumption: they change no result that has
 # already been computed (epochs extends or shortens the run; see train_and_evaluate).
+# The jaxsep.models.create keywords that TrainConfig's own fields set (model_from_config); the
+# model_args field holds any other.
+SET_BY_FIELDS = frozenset(
+    {"num_classes", "width_multiplier", "variant", "conv", "groups", "depth_multiplier",
+     "dropout_rate", "impl", "dtype", "param_dtype", "rngs"}
+)
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "eval_every", "checkpoint_every_steps", "quiet", "data_dir", "out", "init_from"}
 )
@@ -96,6 +103,20 @@ class TrainConfig:
         None, "dropout before the classifier, in [0, 1) (default: the model's)", metavar="P"
     )
     impl: str = _field("auto", "depthwise and grouped convolution lowering", IMPLS)
+    num_classes: int | None = _field(
+        None,
+        "classifier outputs (default: the dataset's classes; CIFAR-10 has 10; synthetic data "
+        "is generated with N classes, default 10). With --init-from, a different number than "
+        "the folder's gives a new, freshly initialized classifier head",
+        metavar="N",
+    )
+    model_args: dict | None = _field(
+        None,
+        "more keyword arguments of jaxsep.models.create, as a JSON object (e.g. "
+        "'{\"padding\": \"symmetric\"}'); --init-from of a saved model folder fills in its "
+        "architecture arguments (padding, BatchNorm eps, activation, ...) not given here",
+        metavar="JSON",
+    )
     # --- data ---
     dataset: str = _field("cifar10", "training data (synthetic needs no files)", DATASETS)
     data_dir: str | None = _field(
@@ -179,9 +200,11 @@ class TrainConfig:
     )
     init_from: str | None = _field(
         None,
-        "start from the parameters and BatchNorm statistics of this run folder's best "
-        "checkpoint (same model; the optimizer starts afresh); ignored when resuming",
-        metavar="RUN",
+        "start from the parameters and BatchNorm statistics of a run folder's best checkpoint "
+        "or of a saved model folder (jaxsep convert, jaxsep.models.save): copied by path, "
+        "every shape must match except the classifier head, which is new when --num-classes "
+        "differs from the folder's; the optimizer starts afresh; ignored when resuming",
+        metavar="DIR",
     )
     eval_every: int = _field(1, "evaluate every N epochs (and always after the last)", metavar="N")
     checkpoint_every_steps: int | None = _field(
@@ -279,6 +302,8 @@ def _validate(config: TrainConfig) -> None:
     check("variant", check_choice, VARIANTS)
     number("dropout", low=0.0, high=1.0, optional=True)
     check("impl", check_choice, IMPLS)
+    integer("num_classes", 2, optional=True)
+    object.__setattr__(config, "model_args", check_model_args(_WHERE, config.model_args))
 
     check("dataset", check_choice, DATASETS)
     check("data_dir", check_str, optional=True)
@@ -362,6 +387,8 @@ def add_config_arguments(
                 help=f"{help_text} (default {'on' if default else 'off'})",
             )
             continue
+        if kind is dict:
+            kind = _json_object
         shown = "" if default is None else f" (default {default})"
         if meta["choices"] is None and default is None:
             shown = ""
@@ -374,6 +401,33 @@ def add_config_arguments(
             help=help_text + shown,
         )
     return {titles[field]: group for field, group in groups.items()}
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, but got {text!r}")
+    return value
+
+
+def check_model_args(where: str, value: Any) -> dict | None:
+    """``model_args`` checked: None, or a dict of keyword names to JSON scalars that no other
+    field sets (stored sorted; an empty dict is None)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        fail(where, "model_args", "a dict of keyword arguments (str keys)", value, TypeError)
+    taken = sorted(set(value) & SET_BY_FIELDS)
+    if taken:
+        fail(where, "model_args", f"free of keywords that other fields set ({taken})", value)
+    for key, item in value.items():
+        if item is not None and not isinstance(item, (str, int, float, bool)):
+            fail(where, f"model_args[{key!r}]", "a JSON scalar (str, number, bool, null)", item,
+                 TypeError)
+    return dict(sorted(value.items())) or None
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxsep import cost, data as jdata
 from jaxsep._io import atomic_write
-from jaxsep.train import checkpoints, run_folder, steps as S
+from jaxsep.train import checkpoints, init_from, run_folder, steps as S
 from jaxsep.train.checkpoints import load_checkpoint, restore_best, save_best
 from jaxsep.train.config import TrainConfig
 from jaxsep.train.evaluate import Evaluator, evaluate_run
@@ -125,6 +125,8 @@ def train_and_evaluate(
     """
     maybe_initialize_distributed()
     started = time.perf_counter()
+    with config_errors():
+        config = init_from.resolve(config) if isinstance(config, TrainConfig) else config
     abstract, devices, out, resuming = preflight(config, resume, devices)
     with config_errors():
         hooks = as_hooks(hooks)
@@ -137,8 +139,7 @@ def train_and_evaluate(
             if resuming:
                 trainer.restore()
             elif config.init_from is not None:
-                with config_errors():
-                    trainer.initialize_from(Path(config.init_from).expanduser())
+                trainer.initialize_from()
             trainer.stop_if_requested()
             trainer.compile()
             while trainer.position["epoch"] < config.epochs:
@@ -176,6 +177,7 @@ class _Trainer:
         self.hooks = own + hooks
         self.metrics: list[dict] = []
         self.best: dict[str, Any] = {"test_accuracy": None, "epoch": None}
+        self.initialized_from: dict[str, Any] | None = None  # init_from's record, kept on resume
         # Seconds of earlier sessions (and of the current epoch before a mid-epoch resume).
         self.carried = {"elapsed_seconds": 0.0, "train_seconds": 0.0, "epoch_seconds": 0.0}
         self.session_train_seconds = 0.0
@@ -221,6 +223,7 @@ class _Trainer:
         self.position.update({key: int(meta[key]) for key in self.position})
         self.metrics = list(meta["metrics"])
         self.best = dict(meta["best"])
+        self.initialized_from = meta.get("initialized_from")
         self.carried = {key: float(meta[key]) for key in self.carried}
         logger.info(
             "resuming from %s: epoch %d, step %d of %d", self.out / "checkpoints" / str(step),
@@ -228,14 +231,16 @@ class _Trainer:
             self.setup.steps_per_epoch,
         )
 
-    def initialize_from(self, run: Path) -> None:
-        """Replaces the initial parameters and BatchNorm statistics by those of ``run``'s best
-        checkpoint (the optimizer state stays fresh; preflight checked the shapes)."""
-        target = {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}
-        tree, meta = restore_best(run, target)
-        self.state["params"], self.state["batch_stats"] = tree["params"], tree["batch_stats"]
-        self.state["opt_state"] = S.init_optimizer_state(self.spec, tree["params"])
-        logger.info("initialized from %s (epoch %s)", run / "best", meta.get("epoch"))
+    def initialize_from(self) -> None:
+        """Replaces the initial parameters and BatchNorm statistics by ``init_from``'s, all
+        but a new classifier head (the optimizer state stays fresh; preflight checked the
+        shapes; see :mod:`jaxsep.train.init_from`)."""
+        params, batch_stats, record = init_from.initial_variables(
+            self.config, self.state["params"], self.state["batch_stats"], self.spec.replicated)
+        self.state.update(params=params, batch_stats=batch_stats,
+                          opt_state=S.init_optimizer_state(self.spec, params))
+        self.initialized_from = record
+        logger.info("initialized from %s (new head: %s)", record["folder"], record["new_head"])
 
     def save(self) -> str | None:
         """Checkpoints the state and the loop's position; returns the folder (None without
@@ -247,6 +252,7 @@ class _Trainer:
             **self.position,
             "metrics": self.metrics,
             "best": self.best,
+            "initialized_from": self.initialized_from,
             "elapsed_seconds": self.carried["elapsed_seconds"] + time.perf_counter() - self.started,
             "train_seconds": self.carried["train_seconds"] + self.session_train_seconds,
             "epoch_seconds": self.carried["epoch_seconds"],
@@ -467,6 +473,7 @@ class _Trainer:
             "device": describe_devices(self.devices),
             "jax_version": jax.__version__,
             "out": str(self.out) if self.out is not None else None,
+            "initialized_from": self.initialized_from,
         }
         if self.out is not None and self.lead:
             atomic_write(self.out / run_folder.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -22,11 +22,11 @@ __all__ = [
     "model_options",
 ]
 
-NUM_CLASSES = 10  # CIFAR-10 and the synthetic stand-in, also for variant="imagenet"
+NUM_CLASSES = 10  # num_classes=None: CIFAR-10 and the synthetic stand-in, also for "imagenet"
 # The keywords of model_kwargs that decide the parameters' shapes (not dtypes or lowerings).
 SHAPE_KEYWORDS = frozenset(
     {"num_classes", "width_multiplier", "variant", "conv", "groups", "depth_multiplier",
-     "dropout_rate"}
+     "dropout_rate", "scaling"}
 )
 # config field -> models.create keyword, for the optional fields (None: the model's default)
 _OPTIONAL = (
@@ -42,11 +42,12 @@ _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 def model_kwargs(config: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`jaxsep.models.create` for ``config``'s model: the
-    classifier fits the data (10 classes), parameters are float32, activations
-    ``compute_dtype``, the depthwise lowering ``impl``; fields left None take the model's
-    defaults."""
+    classifier has ``num_classes`` outputs (default 10, the data's), parameters are float32,
+    activations ``compute_dtype``, the depthwise lowering ``impl``, then ``model_args``;
+    fields left None take the model's defaults."""
     kwargs: dict[str, Any] = {
-        "num_classes": NUM_CLASSES,
+        **(getattr(config, "model_args", None) or {}),
+        "num_classes": getattr(config, "num_classes", None) or NUM_CLASSES,
         "width_multiplier": config.width,
         "variant": config.variant,
         "param_dtype": jnp.float32,

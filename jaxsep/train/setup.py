@@ -5,7 +5,6 @@ specs and the initial parameters (:func:`setup`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsep import cost, data as jdata
-from jaxsep.train import checkpoints, run_folder, steps as S
+from jaxsep.train import init_from, run_folder, steps as S
 from jaxsep.train.config import SYNTHETIC_TEST, SYNTHETIC_TRAIN, TrainConfig
-from jaxsep.train.model_from_config import abstract_model, init_program
+from jaxsep.train.model_from_config import NUM_CLASSES, abstract_model, init_program
 from jaxsep.train.optim import weight_decay_mask
 from jaxsep.train.runtime import config_errors, logger
 
@@ -51,6 +50,7 @@ def load_dataset(config: TrainConfig) -> jdata.Dataset:
         return jdata.synthetic_cifar10(
             num_train=config.max_train_examples or SYNTHETIC_TRAIN,
             num_test=config.max_test_examples or SYNTHETIC_TEST,
+            num_classes=config.num_classes or NUM_CLASSES,
             seed=config.data_seed,
         )
     dataset = jdata.load_cifar10(config.data_dir, download=config.data_dir is None)
@@ -100,29 +100,8 @@ def _checks(config: TrainConfig, resume: bool | None, devices: Sequence[Any] | N
     check_devices(config, devices)
     out, resuming = run_folder.prepare(config, resume)
     if config.init_from is not None and not resuming:
-        _check_init_from(config, abstract)
+        init_from.check(config, abstract)
     return abstract, devices, out, resuming
-
-
-def _check_init_from(config: TrainConfig, abstract: nnx.Module) -> None:
-    """``init_from`` holds a best checkpoint of this model (from its metadata alone)."""
-    run = Path(config.init_from).expanduser()
-    best = run / run_folder.BEST
-    if not run_folder.checkpoint_steps(best):
-        raise FileNotFoundError(
-            f"TrainConfig: init_from must be a run folder with a best checkpoint, but "
-            f"{str(best)!r} holds none"
-        )
-    _, params, batch_stats, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
-    wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves((params, batch_stats)))
-    saved = checkpoints.stored_shapes(best)
-    if saved != wanted:
-        raise ValueError(
-            f"TrainConfig: init_from {str(run)!r} holds the parameters of another model "
-            f"({len(saved)} arrays, {sum(math.prod(s) for s in saved)} numbers) than this "
-            f"{config.model} x{config.width} ({len(wanted)} arrays, "
-            f"{sum(math.prod(s) for s in wanted)} numbers)"
-        )
 
 
 def setup(config: TrainConfig, abstract: nnx.Module, devices: Sequence[Any]) -> Setup:
@@ -149,9 +128,12 @@ def setup(config: TrainConfig, abstract: nnx.Module, devices: Sequence[Any]) -> 
     )
     num_classes = int(abstract.num_classes) if hasattr(abstract, "num_classes") else 10
     if num_classes != dataset.num_classes:
-        raise ValueError(
-            f"the model has {num_classes} outputs but the data has {dataset.num_classes} classes"
-        )
+        with config_errors():
+            raise ValueError(
+                f"TrainConfig: num_classes must be the data's number of classes, but the model "
+                f"has {num_classes} outputs and {dataset.name} has {dataset.num_classes} classes "
+                f"(pass --num-classes {dataset.num_classes})"
+            )
     spec = S.StepSpec(
         batch_size=config.batch_size,
         num_classes=num_classes,
