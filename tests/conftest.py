@@ -110,6 +110,19 @@ def strict_promotion():
 # 2-core CPU): such tests belong in `-m slow`.
 
 
+# The modules whose tests compile tiny_config's steps or read reference_run. pytest-xdist
+# (`--dist loadgroup` in pyproject.toml) runs one xdist_group on one worker, so those steps
+# and the reference run are compiled once per suite instead of once per worker.
+HARNESS_MODULES = frozenset({"test_train", "test_cli", "test_sweep", "test_init_from"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into a group
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__ in HARNESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("harness"))
+
+
 def tiny_config(out=None, **changes):
     """MobileNetV1 at width 0.25 on 256 synthetic 32x32 images (8 steps of 32), 40 test
     images, two epochs; ``out`` the run folder (None: write nothing)."""

@@ -54,14 +54,14 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 SYNTHETIC_TRAIN = 5000
 SYNTHETIC_TEST = 1000
 
-# Fields that may differ between a run and its resumption: they change no result that has
-# already been computed (epochs extends or shortens the run; see train_and_evaluate).
 # The jaxsep.models.create keywords that TrainConfig's own fields set (model_from_config); the
 # model_args field holds any other.
 SET_BY_FIELDS = frozenset(
     {"num_classes", "width_multiplier", "variant", "conv", "groups", "depth_multiplier",
      "dropout_rate", "impl", "dtype", "param_dtype", "rngs"}
 )
+# Fields that may differ between a run and its resumption: they change no result that has
+# already been computed (epochs extends or shortens the run; see train_and_evaluate).
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "eval_every", "checkpoint_every_steps", "quiet", "data_dir", "out", "init_from"}
 )
