@@ -24,6 +24,7 @@ import jax
 import jaxsep
 from jaxsep import host_memory
 from jaxsep._io import atomic_write
+from jaxsep.sweep.latency import time_block  # the one block timer (sweeps measure latency too)
 
 
 def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
@@ -78,16 +79,6 @@ def compile_timed(fn, *args, compiler_options=None):
     start = time.perf_counter()
     compiled = fn.lower(*args).compile(compiler_options=compiler_options or None)
     return compiled, time.perf_counter() - start
-
-
-def time_block(call: Callable[[], None], calls: int) -> list[float]:
-    """Seconds of ``calls`` synchronized calls, after one dropped warm-up call."""
-    times = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times[1:]
 
 
 class Rounds:
