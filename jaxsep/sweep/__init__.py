@@ -18,12 +18,10 @@ from jaxsep.sweep.command import (
     run_sweep_command as run_sweep_command,
 )
 from jaxsep.sweep.factorize import convert_point as convert_point
-from jaxsep.sweep.latency import (
-    LATENCY_BATCHES as LATENCY_BATCHES,
-    measure_latency as measure_latency,
-)
+from jaxsep.sweep.latency import measure_latency as measure_latency
 from jaxsep.sweep.measures import (
     ACCURACY_TARGETS as ACCURACY_TARGETS,
+    LATENCY_BATCHES as LATENCY_BATCHES,
     spearman as spearman,
     time_to_accuracy as time_to_accuracy,
 )

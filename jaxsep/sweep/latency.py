@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsep._io import atomic_write
+from jaxsep.sweep.measures import LATENCY_BATCHES
 from jaxsep.sweep.spec import STORED_RESOLUTION, Point
 from jaxsep.sweep.state import LATENCY_FILE
 from jaxsep.train import run_folder
@@ -36,6 +37,7 @@ from jaxsep.train.steps import DATA_AXIS
 
 __all__ = [
     "LATENCY_BATCHES",
+    "cpu_model",
     "ensure_latency",
     "latency_ms",
     "measure_latency",
@@ -43,7 +45,6 @@ __all__ = [
     "time_block",
 ]
 
-LATENCY_BATCHES = (1, 128)  # one image (interactive use) and one training batch (throughput)
 ROUNDS = 5  # blocks per batch size; the figure is the median over blocks of a block's median
 MIN_CALLS = 3  # timed calls per block at least (the first call of a block is dropped)
 MAX_CALLS = 50
@@ -59,6 +60,24 @@ def time_block(call: Callable[[], None], calls: int) -> list[float]:
         call()
         times.append(time.perf_counter() - start)
     return times[1:]
+
+
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension (Linux /proc/cpuinfo), else what
+    ``platform`` knows."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return f"{model}, {vectors}" if vectors else model
 
 
 def _infer_call(point: Point, batch: int) -> tuple[Callable[[], None], float]:
@@ -97,14 +116,14 @@ def _load() -> list[float] | None:
 
 
 def measure_latency(
-    point: Point, batches: Sequence[int] = LATENCY_BATCHES, *, rounds: int = ROUNDS
+    point: Point, batches: Sequence[int] = LATENCY_BATCHES, *, rounds: int | None = None
 ) -> dict[str, Any]:
     """Measures the latency of one forward pass of ``point``'s model at each batch size.
 
-    For each batch: the compiled call's first call (timed apart), then ``rounds`` blocks of
-    calls (at least :data:`MIN_CALLS`, more for fast calls, so a block lasts about
-    :data:`BLOCK_S`), each block's first call dropped; a block's figure is its median, the
-    result the median over blocks. Run it only while nothing else heavy runs on the machine:
+    For each batch: the compiled call's first call (timed apart), then ``rounds`` (default
+    :data:`ROUNDS`) blocks of calls (at least :data:`MIN_CALLS`, more for fast calls, so a
+    block lasts about :data:`BLOCK_S`), each block's first call dropped; a block's figure is
+    its median, the result the median over blocks. Run it only while nothing else heavy runs on the machine:
     the record keeps the load average before and after, for the reader to judge.
 
     Returns:
@@ -114,6 +133,7 @@ def measure_latency(
       load averages.
     """
     config = point.config
+    rounds = ROUNDS if rounds is None else rounds
     record: dict[str, Any] = {
         "model": config.model,
         "model_options": model_options(config),
@@ -121,7 +141,7 @@ def measure_latency(
         "method": "jax.jit of the eval-mode model, XLA's default compiler options; median "
                   f"over {rounds} blocks of a block's median, its first call dropped",
         "device": describe_devices(jax.devices()[:1]),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "jax_version": jax.__version__,
         "load_average_before": _load(),

@@ -13,10 +13,28 @@ import numpy as np
 
 from jaxsep._validation import check_number
 
-__all__ = ["ACCURACY_TARGETS", "average_ranks", "spearman", "time_to_accuracy"]
+__all__ = [
+    "ACCURACY_TARGETS",
+    "LATENCY_BATCHES",
+    "MEASURED_TIMES",
+    "average_ranks",
+    "spearman",
+    "time_to_accuracy",
+]
 
 # The test accuracies whose time to reach the report states (CSV columns seconds_to_80, ...).
 ACCURACY_TARGETS = (0.80, 0.85)
+# The batch sizes of the measured inference latency (CSV columns latency_ms_batch1, ...): one
+# image (interactive use) and one training batch (throughput).
+LATENCY_BATCHES = (1, 128)
+# The measured times a report sets beside multiply-adds: (words, the value in ms of a report
+# row, or None).
+MEASURED_TIMES = (
+    *((f"inference latency at batch {b}", lambda row, b=b: row[f"latency_ms_batch{b}"])
+      for b in LATENCY_BATCHES),
+    ("training time per image",
+     lambda row: 1e3 / row["images_per_second"] if row["images_per_second"] else None),
+)
 
 
 def time_to_accuracy(metrics: Iterable[Mapping[str, Any]], target: float) -> float | None:

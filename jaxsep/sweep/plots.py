@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxsep._io import atomic_write
-from jaxsep.sweep.latency import LATENCY_BATCHES
+from jaxsep.sweep.measures import MEASURED_TIMES
 from jaxsep.sweep.spec import Sweep
 
 __all__ = ["plot_costs", "plot_speed"]
@@ -103,10 +103,7 @@ def _save(figure: Any, path: Path) -> None:
 # The speed figure's panels: (title of the x axis, the row's value).
 SPEED_PANELS = (
     ("multiply-adds per image", lambda row: row["macs"]),
-    ("training time per image (ms, measured)",
-     lambda row: None if not row["images_per_second"] else 1e3 / row["images_per_second"]),
-    *((f"inference latency at batch {batch} (ms, measured)",
-       lambda row, batch=batch: row[f"latency_ms_batch{batch}"]) for batch in LATENCY_BATCHES),
+    *((f"{words} (ms, measured)", value) for words, value in MEASURED_TIMES),
 )
 
 
@@ -129,8 +126,10 @@ def plot_speed(sweep: Sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> b
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 2, sharey=True).ravel()
     series: dict[str, list[Mapping[str, Any]]] = {}
-    for row in finished:
-        series.setdefault(_series(row), []).append(row)
+    for row in finished:  # the model, and its conv kind when not its default
+        name = row["model"] if row["conv"] in (None, "separable") else (
+            f"{row['model']} ({row['conv']})")
+        series.setdefault(name, []).append(row)
     for ax, (title, value) in zip(axes, SPEED_PANELS):
         for index, (name, items) in enumerate(series.items()):
             items = sorted((r for r in items if value(r) is not None), key=lambda r: r["width"])

@@ -17,8 +17,14 @@ from flax import nnx
 from jaxsep import models
 from jaxsep._io import atomic_write
 from jaxsep.summary import summary as model_summary
-from jaxsep.sweep.latency import LATENCY_BATCHES, latency_ms, read_latency
-from jaxsep.sweep.measures import ACCURACY_TARGETS, spearman, time_to_accuracy
+from jaxsep.sweep.latency import latency_ms, read_latency
+from jaxsep.sweep.measures import (
+    ACCURACY_TARGETS,
+    LATENCY_BATCHES,
+    MEASURED_TIMES,
+    spearman,
+    time_to_accuracy,
+)
 from jaxsep.sweep.plots import plot_costs, plot_speed
 from jaxsep.sweep.spec import (
     STORED_RESOLUTION,
@@ -290,15 +296,6 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
-# The measured times set beside multiply-adds: (words, the row's value).
-MEASURED_TIMES = (
-    *((f"inference latency at batch {b}", lambda row, b=b: row[f"latency_ms_batch{b}"])
-      for b in LATENCY_BATCHES),
-    ("training time per image",
-     lambda row: 1 / row["images_per_second"] if row["images_per_second"] else None),
-)
-
-
 def correlations(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float | None, int]]:
     """``(measured time, Spearman's rank correlation with multiply-adds, number of points)``
     for each of :data:`MEASURED_TIMES`, over the finished rows that have both values."""
@@ -316,7 +313,8 @@ def correlation_text(rows: Sequence[Mapping[str, Any]]) -> str:
     parts = [f"{words} {'-' if rho is None else f'{rho:+.2f}'} (n={n})"
              for words, rho, n in correlations(rows)]
     return ("Spearman rank correlation of multiply-adds with measured time: " + "; ".join(parts)
-            + " (+1: the same order; ties share their mean rank; -: fewer than two points).")
+            + " (+1: the same order; ties share their mean rank; -: undefined, fewer than two "
+            "points or one side constant).")
 
 
 def _speed_lines(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]

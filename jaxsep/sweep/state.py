@@ -75,10 +75,10 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def _write_record(point: Point) -> bool:
     """Makes the point's record folder a copy of its run folder's RECORD_FILES (each written
-    atomically; a file the run lacks is removed, but for the latency.json of a record of
-    the same run) when the run has finished and the two differ;
-    returns whether anything was written. ``summary.json`` goes first and comes back last, so
-    a record cut short is never taken for a finished one."""
+    atomically; a file the run lacks is removed, but for the latency.json of a record of the
+    same run) when the run has finished and the two differ; returns whether anything was
+    written. ``summary.json`` goes first and comes back last, so a record cut short is never
+    taken for a finished one."""
     if point.record is None or _run_state(point) != run_folder.FINISHED:
         return False
     wanted = {name: _read_bytes(point.out / name) for name in RECORD_FILES}
