@@ -201,7 +201,8 @@ def test_speed_columns_and_figure(speed):
     assert "1-minute load average before measuring" in markdown
     assert any(line.startswith("jaxsep sweep: Spearman rank correlation of multiply-adds")
                for line in speed["log"])  # the command states it too
-    assert "![test accuracy against multiply-adds and measured time](speed_cpu_speed.png)" in markdown
+    figure = "![test accuracy against multiply-adds and measured time](speed_cpu_speed.png)"
+    assert figure in markdown
     png = (results / "speed_cpu_speed.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 

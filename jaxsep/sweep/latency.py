@@ -123,8 +123,9 @@ def measure_latency(
     For each batch: the compiled call's first call (timed apart), then ``rounds`` (default
     :data:`ROUNDS`) blocks of calls (at least :data:`MIN_CALLS`, more for fast calls, so a
     block lasts about :data:`BLOCK_S`), each block's first call dropped; a block's figure is
-    its median, the result the median over blocks. Run it only while nothing else heavy runs on the machine:
-    the record keeps the load average before and after, for the reader to judge.
+    its median, the result the median over blocks. Run it only while nothing else heavy runs
+    on the machine: the record keeps the load average before and after, for the reader to
+    judge.
 
     Returns:
       The ``latency.json`` record: ``batches`` maps each batch size (as a string) to its
@@ -183,12 +184,7 @@ def latency_ms(record: dict[str, Any] | None, batch: int) -> float | None:
     return None if entry is None else entry.get("ms")
 
 
-def ensure_latency(
-    point: Point,
-    state: str,
-    *,
-    log: Callable[[str], None],
-) -> bool:
+def ensure_latency(point: Point, state: str, *, log: Callable[[str], None]) -> bool:
     """Measures ``point``'s latency when it is finished (``state`` "finished" or
     "recorded") and neither its run folder nor its record holds a ``latency.json``; writes
     it (atomically) into the run folder, or into the record when only that has finished the
