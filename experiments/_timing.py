@@ -24,6 +24,7 @@ import jax
 import jaxsep
 from jaxsep import host_memory
 from jaxsep._io import atomic_write
+from jaxsep.sweep.latency import cpu_model as _cpu_model, time_block  # shared with sweeps
 
 
 def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
@@ -80,16 +81,6 @@ def compile_timed(fn, *args, compiler_options=None):
     return compiled, time.perf_counter() - start
 
 
-def time_block(call: Callable[[], None], calls: int) -> list[float]:
-    """Seconds of ``calls`` synchronized calls, after one dropped warm-up call."""
-    times = []
-    for _ in range(calls + 1):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times[1:]
-
-
 class Rounds:
     """Per-round medians of named calls, timed by :meth:`run` with the order rotated."""
 
@@ -117,24 +108,6 @@ class Rounds:
         return statistics.median(
             a / b for a, b in zip(self.per_round[numerator], self.per_round[denominator])
         )
-
-
-def _cpu_model() -> str:
-    """The CPU's model name and widest vector extension (Linux /proc/cpuinfo), else what
-    ``platform`` knows."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-    return f"{model}, {vectors}" if vectors else model
 
 
 def device_description() -> str:

@@ -7,8 +7,10 @@ points are described in ``docs/sweeps.md``.
 
 Modules: :mod:`~jaxsep.sweep.spec` (the sweep file), :mod:`~jaxsep.sweep.state` (the points'
 states and records), :mod:`~jaxsep.sweep.runner` (``run_sweep``),
-:mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.report` (CSV,
-Markdown, plot, dry run) and :mod:`~jaxsep.sweep.command` (the subcommand).
+:mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.latency` (inference
+latency of a finished point), :mod:`~jaxsep.sweep.measures` (time to an accuracy, rank
+correlation), :mod:`~jaxsep.sweep.report` (CSV, Markdown, dry run),
+:mod:`~jaxsep.sweep.plots` (its figures) and :mod:`~jaxsep.sweep.command` (the subcommand).
 """
 
 from jaxsep.sweep.command import (
@@ -16,13 +18,21 @@ from jaxsep.sweep.command import (
     run_sweep_command as run_sweep_command,
 )
 from jaxsep.sweep.factorize import convert_point as convert_point
+from jaxsep.sweep.latency import measure_latency as measure_latency
+from jaxsep.sweep.measures import (
+    ACCURACY_TARGETS as ACCURACY_TARGETS,
+    LATENCY_BATCHES as LATENCY_BATCHES,
+    spearman as spearman,
+    time_to_accuracy as time_to_accuracy,
+)
+from jaxsep.sweep.plots import _compact_count as _compact_count
 from jaxsep.sweep.report import (
     BOOKKEEPING_FIELDS as BOOKKEEPING_FIELDS,
     CSV_FIELDS as CSV_FIELDS,
     Collected as Collected,
-    _compact_count as _compact_count,
     _shared_and_varying as _shared_and_varying,
     collect as collect,
+    correlations as correlations,
     dry_run_table as dry_run_table,
     point_costs as point_costs,
 )
@@ -44,6 +54,7 @@ from jaxsep.sweep.spec import (
 )
 from jaxsep.sweep.state import (
     CONVERSION_FILE as CONVERSION_FILE,
+    LATENCY_FILE as LATENCY_FILE,
     RECORD_FILES as RECORD_FILES,
     point_state as point_state,
 )
@@ -51,6 +62,7 @@ from jaxsep.train.model_from_config import model_options as model_options
 from jaxsep.train.run_folder import IGNORED_FIELDS as IGNORED_FIELDS
 
 __all__ = [
+    "ACCURACY_TARGETS",
     "CSV_FIELDS",
     "Collected",
     "Outcome",
@@ -60,13 +72,17 @@ __all__ = [
     "add_sweep_arguments",
     "collect",
     "convert_point",
+    "correlations",
     "dry_run_table",
     "load_sweep",
+    "measure_latency",
     "model_options",
     "point_costs",
     "point_state",
     "run_sweep",
     "run_sweep_command",
     "select",
+    "spearman",
     "sweep_from_dict",
+    "time_to_accuracy",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxsep.sweep.report import collect, dry_run_table
+from jaxsep.sweep.report import collect, correlation_text, dry_run_table
 from jaxsep.sweep.runner import Outcome, run_sweep
 from jaxsep.sweep.spec import DEFAULT_PRESET, DEFAULT_RESULTS_DIR, SweepError, load_sweep
 
@@ -72,8 +72,10 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
     except Exception as error:  # a point's run: reported as `jaxsep train` reports it
         return run_error_status(prog, error)
     collected = collect(sweep, plot=args.plot)
-    written = [collected.csv, collected.markdown] + ([collected.png] if collected.png else [])
-    print(f"{prog}: wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    written = [collected.csv, collected.markdown, collected.png, collected.speed_png]
+    print(f"{prog}: wrote " + ", ".join(str(p) for p in written if p), file=sys.stderr)
+    if sweep.measure_latency:
+        print(f"{prog}: {correlation_text(collected.rows)}", file=sys.stderr)
     failed = [o for o in outcomes if o.action == "failed"]
     if failed:
         print(f"{prog}: error: {len(failed)} point(s) failed: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,15 @@ from flax import nnx
 from jaxsep import models
 from jaxsep._io import atomic_write
 from jaxsep.summary import summary as model_summary
+from jaxsep.sweep.latency import latency_ms, read_latency
+from jaxsep.sweep.measures import (
+    ACCURACY_TARGETS,
+    LATENCY_BATCHES,
+    MEASURED_TIMES,
+    spearman,
+    time_to_accuracy,
+)
+from jaxsep.sweep.plots import plot_costs, plot_speed
 from jaxsep.sweep.spec import (
     STORED_RESOLUTION,
     Point,
@@ -32,6 +42,9 @@ from jaxsep.train.model_from_config import model_options
 
 __all__ = ["CSV_FIELDS", "Collected", "collect", "dry_run_table", "point_costs"]
 
+# Training seconds to each accuracy target, and inference latency at each batch (ms).
+TIME_TO_FIELDS = tuple(f"seconds_to_{round(100 * t)}" for t in ACCURACY_TARGETS)
+LATENCY_FIELDS = tuple(f"latency_ms_batch{b}" for b in LATENCY_BATCHES)
 # One CSV row per point, in this order.
 CSV_FIELDS = (
     "label",
@@ -52,7 +65,9 @@ CSV_FIELDS = (
     "init_from",
     "epochs",
     "images_per_second",
+    *LATENCY_FIELDS,
     "train_seconds",
+    *TIME_TO_FIELDS,
     "wall_seconds",
     "seed",
     "dataset",
@@ -116,6 +131,12 @@ def _row(point: Point, state: str) -> dict[str, Any]:
             num_test=summary.get("num_test"),
             device=(summary.get("device") or {}).get("kind"),
         )
+        metrics = _metrics(folder)
+        for field, target in zip(TIME_TO_FIELDS, ACCURACY_TARGETS):
+            row[field] = time_to_accuracy(metrics, target)
+        latency = read_latency(folder)
+        for field, batch in zip(LATENCY_FIELDS, LATENCY_BATCHES):
+            row[field] = latency_ms(latency, batch)
     else:
         row["status"] = (
             f"partial ({run_folder.epochs_done(point.out)}/{config.epochs} epochs)" if state == "partial"
@@ -131,6 +152,15 @@ def _row(point: Point, state: str) -> dict[str, Any]:
             row["converted_test_accuracy"] = conversion.get("test_accuracy")
             row["factorize_error"] = conversion.get("mean_relative_error")
     return row
+
+
+def _metrics(folder: Path) -> list[dict[str, Any]]:
+    """The lines of ``folder``'s metrics.jsonl ([] when it has none)."""
+    try:
+        text = (folder / run_folder.METRICS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -183,15 +213,13 @@ def _shared_and_varying(sweep: Sweep) -> tuple[dict[str, Any], list[str]]:
     return shared, varying
 
 
-def _series(row: Mapping[str, Any]) -> str:
-    """The plot series of a row: the conv kind for MobileNetV1, else the model."""
-    if row["model"] == "mobilenet_v1":
-        return row["conv"] or "separable"
-    return row["model"]
+def _milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _markdown(
-    sweep: Sweep, rows: Sequence[Mapping[str, Any]], csv_name: str, png: str | None
+    sweep: Sweep, rows: Sequence[Mapping[str, Any]], csv_name: str, png: str | None,
+    speed_png: str | None = None, latencies: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     shared, varying = _shared_and_varying(sweep)
     lines = [f"# {sweep.name} ({sweep.preset} preset)", ""]
@@ -221,7 +249,11 @@ def _markdown(
               "final acc"]
     if factorized:
         header += ["after conversion", "factorize error"]
-    header += ["epochs", *extra, "img/s", "train h:mm", "status"]
+    header += ["epochs", *extra, "img/s", "train h:mm",
+               *(f"to {round(100 * t)}%" for t in ACCURACY_TARGETS)]
+    if sweep.measure_latency:
+        header += [f"b{b} ms" for b in LATENCY_BATCHES]
+    header += ["status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_label = {p.label: p for p in sweep.points}
     for row in rows:
@@ -243,82 +275,67 @@ def _markdown(
         speed = row["images_per_second"]
         cells += [str(row["epochs"]), *(_format_value(getattr(config, k)) for k in extra),
                   "-" if speed is None else f"{speed:.0f}", _duration(row["train_seconds"]),
-                  row["status"]]
+                  *(_duration(row[k]) for k in TIME_TO_FIELDS)]
+        if sweep.measure_latency:
+            cells += [_milliseconds(row[k]) for k in LATENCY_FIELDS]
+        cells += [row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     if factorized:
         lines += ["", "After conversion: the converted model's test accuracy before fine-tuning. "
                   "Factorize error: the mean over the 3x3 layers of ||W - fused||_F / ||W||_F."]
+    targets = " and ".join(f"{round(100 * t)}%" for t in ACCURACY_TARGETS)
+    lines += ["", f"To {targets}: the training time (h:mm, compilation and evaluation "
+              "excluded) until the first evaluation at or above that test accuracy; - when "
+              "not reached."]
+    if sweep.measure_latency:
+        lines += ["", *_speed_lines(latencies, rows)]
     if png is not None:
         lines += ["", f"![test accuracy against parameters and multiply-adds]({png})"]
+    if speed_png is not None:
+        lines += ["", f"![test accuracy against multiply-adds and measured time]({speed_png})"]
     return "\n".join(lines) + "\n"
 
 
-def _compact_count(value: float, _position: object = None) -> str:
-    """A count as a short tick label: 200k, 1M, 2.5M, 30G."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"
+def correlations(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float | None, int]]:
+    """``(measured time, Spearman's rank correlation with multiply-adds, number of points)``
+    for each of :data:`MEASURED_TIMES`, over the finished rows that have both values."""
+    result = []
+    for words, value in MEASURED_TIMES:
+        pairs = [(row["macs"], value(row)) for row in rows if row["status"] == "finished"
+                 and row["macs"] is not None and value(row) is not None]
+        rho = spearman([m for m, _ in pairs], [t for _, t in pairs]) if pairs else None
+        result.append((words, rho, len(pairs)))
+    return result
 
 
-def _plot(sweep: Sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """Draws the two panels into ``path``; False (and nothing written) without matplotlib
-    or without a finished point."""
-    try:
-        from matplotlib import ticker
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    points: dict[str, list[tuple[float, float, float, str]]] = {}
-    for row in rows:
-        if row["best_test_accuracy"] is None:
-            continue
-        series = _series(row)
-        name = series + (" (fine-tuned)" if row["init_from"] else "")
-        points.setdefault(name, []).append(
-            (row["params"], row["macs"], 100 * row["best_test_accuracy"], row["label"])
-        )
-        if row["converted_test_accuracy"] is not None:
-            points.setdefault(series + " (after conversion)", []).append(
-                (row["params"], row["macs"], 100 * row["converted_test_accuracy"], row["label"])
-            )
-    if not points:
-        return False
-    figure = Figure(figsize=(12, 5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2, sharey=True)
-    for index, (ax, title) in enumerate(zip(axes, ("parameters", "multiply-adds per image"))):
-        for name, items in points.items():
-            items = sorted(items, key=lambda item: item[index])
-            xs = [item[index] for item in items]
-            ys = [item[2] for item in items]
-            converted = name.endswith("(after conversion)")
-            ax.plot(xs, ys, marker="o", label=name, linestyle="--" if converted else "-",
-                    fillstyle="none" if converted else "full")
-            if converted:
-                continue  # labelled at its fine-tuned point
-            for x, y, item in zip(xs, ys, items):
-                ax.annotate(item[3], (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7)
-        ax.set_xscale("log")
-        # Compact labels at 1, 2 and 5 times each power of ten: matplotlib's default labels
-        # every minor tick in scientific notation when the data span less than a decade or
-        # two, and those labels overlap.
-        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
-        ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_compact_count))
-        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_compact_count))
-        ax.margins(x=0.12, y=0.08)
-        ax.set_xlabel(title + " (log scale)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("best test accuracy (%)")
-    axes[0].legend(fontsize=8)
-    figure.suptitle(f"{sweep.name} ({sweep.preset} preset)")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    atomic_write(path, buffer.getvalue())
-    return True
+def correlation_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence stating :func:`correlations` as numbers."""
+    parts = [f"{words} {'-' if rho is None else f'{rho:+.2f}'} (n={n})"
+             for words, rho, n in correlations(rows)]
+    return ("Spearman rank correlation of multiply-adds with measured time: " + "; ".join(parts)
+            + " (+1: the same order; ties share their mean rank; -: undefined, fewer than two "
+            "points or one side constant).")
+
+
+def _speed_lines(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+                 ) -> list[str]:
+    """The Markdown paragraphs on latency: how it was measured (``records``: the finished
+    points' ``latency.json``), then the correlations."""
+    batches = ", ".join(f"b{b}" for b in LATENCY_BATCHES)
+    note = (f"{batches} ms: inference latency of one forward pass at that batch size "
+            "(`jax.jit` of the eval-mode model, XLA's default compiler options; median over "
+            "blocks of a block's median; `latency.json` in each point's folder), measured once "
+            "right after the point trained.")
+    if records:
+        where = sorted({f"{r['device']['kind']} ({r['processor']}, {r['cpu_count']} cores)"
+                        for r in records})
+        loads = [r["load_average_before"][0] for r in records if r.get("load_average_before")]
+        note += f" Measured on {'; '.join(where)}"
+        if loads:
+            note += (f"; 1-minute load average before measuring {min(loads):.2f} to "
+                     f"{max(loads):.2f}")
+        note += "."
+    return [note, "", correlation_text(rows)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +346,7 @@ class Collected:
     csv: Path
     markdown: Path
     png: Path | None
+    speed_png: Path | None = None  # sweeps that measure latency
 
 
 def collect(
@@ -341,7 +359,9 @@ def collect(
     """Writes ``<results_dir>/<sweep id>.csv`` and ``.md`` (one row per point, unfinished
     points included with their status) and, with matplotlib installed, ``.png``: best test
     accuracy against parameters and against multiply-adds, log x, one series per conv kind,
-    points labelled. Every file is written atomically.
+    points labelled. A sweep that measures latency also gets ``_speed.png`` (accuracy against
+    multiply-adds and measured time), time and latency columns and the rank correlations of
+    multiply-adds with measured time in the Markdown. Every file is written atomically.
 
     A row comes from the point's run folder, or from its record (``<results_dir>/<sweep
     id>/<label>/``) when only that has finished it, so the records alone give the same files.
@@ -350,19 +370,23 @@ def collect(
     if results_dir is not None:
         sweep = sweep.with_results_dir(results_dir)
     results_dir = sweep.results_dir
-    rows = []
+    rows, latencies = [], []
     for point in sweep.points:
         state = _state_or_foreign(point)
         if state == "finished":
             _write_record(point)
         rows.append(_row(point, state))
+        if state in ("finished", "recorded"):
+            latencies.append(read_latency(point.record if state == "recorded" else point.out))
     csv_path = results_dir / f"{sweep.id}.csv"
     md_path = results_dir / f"{sweep.id}.md"
     png_path = results_dir / f"{sweep.id}.png"
     atomic_write(csv_path, _csv_text(rows).encode())
-    drawn = False
+    speed_path = results_dir / f"{sweep.id}_speed.png"
+    drawn = speed_drawn = False
     if plot:
-        drawn = _plot(sweep, rows, png_path)
+        drawn = plot_costs(sweep, rows, png_path)
+        speed_drawn = sweep.measure_latency and plot_speed(sweep, rows, speed_path)
         if not drawn:
             try:
                 import matplotlib  # noqa: F401
@@ -371,9 +395,12 @@ def collect(
                     f"drawn; {csv_path.name} and {md_path.name} are written")
             else:
                 log("no point has finished yet, so no plot was drawn")
-    markdown = _markdown(sweep, rows, csv_path.name, png_path.name if drawn else None)
+    markdown = _markdown(sweep, rows, csv_path.name, png_path.name if drawn else None,
+                         speed_path.name if speed_drawn else None,
+                         [r for r in latencies if r is not None])
     atomic_write(md_path, markdown.encode())
-    return Collected(tuple(rows), csv_path, md_path, png_path if drawn else None)
+    return Collected(tuple(rows), csv_path, md_path, png_path if drawn else None,
+                     speed_path if speed_drawn else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from jaxsep.sweep.factorize import _no_checkpoint, convert_point
+from jaxsep.sweep.latency import ensure_latency
 from jaxsep.sweep.report import _percent
 from jaxsep.sweep.spec import Point, Sweep, SweepError, _check_retrain, _stderr, select
 from jaxsep.sweep.state import CONVERSION_FILE, _write_record, point_state
@@ -41,7 +42,9 @@ def run_sweep(
     checkpoint), stops the sweep before anything is trained. Finished points are skipped,
     those finished in their record too; started ones are resumed by
     :func:`jaxsep.train.train_and_evaluate`. Each point that finishes (and each finished one
-    skipped) gets its record (see ``docs/sweeps.md``).
+    skipped) gets its record (see ``docs/sweeps.md``). With ``sweep.measure_latency``, each
+    finished point (trained now or before) whose latency is not on record has it measured
+    right after, before the next point trains (:func:`jaxsep.sweep.latency.ensure_latency`).
 
     Args:
       sweep: from :func:`load_sweep`.
@@ -75,6 +78,12 @@ def run_sweep(
             source_state = states[source.label] if source.label in states else state_of(source)
             if source_state == "recorded":  # convert_point would fail after hours of training
                 raise SweepError(_no_checkpoint(point, source))
+
+    def after(point: Point, state: str) -> None:
+        """A finished point's latency, measured now that nothing trains, then recorded."""
+        if sweep.measure_latency and ensure_latency(point, state, log=log) and state == "finished":
+            _write_record(point)
+
     outcomes = []
     for number, point in enumerate(points, 1):
         config = point.config if quiet is None else point.config.replace(quiet=quiet)
@@ -84,10 +93,12 @@ def run_sweep(
             _write_record(point)  # a run finished before records were kept
             log(f"{prefix}: finished before, skipped")
             outcomes.append(Outcome(point.label, "skipped"))
+            after(point, state)
             continue
         if state == "recorded":
             log(f"{prefix}: finished before (recorded in {point.record}), skipped")
             outcomes.append(Outcome(point.label, "skipped"))
+            after(point, state)
             continue
         done = run_folder.epochs_done(point.out)
         epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
@@ -109,4 +120,5 @@ def run_sweep(
             continue
         _write_record(point)
         outcomes.append(Outcome(point.label, "trained"))
+        after(point, "finished")
     return outcomes

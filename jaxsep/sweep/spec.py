@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 SECTIONS = ("sweep", "base", "grid", "points", "presets")
+HEAD_KEYS = ("name", "description", "measure_latency")  # the keys of [sweep]
 # Keys of a [[points]] entry that are the sweep's, not TrainConfig fields.
 POINT_KEYS = ("label", "init_from", "factorize")
 # Fields the sweep sets itself.
@@ -87,6 +88,8 @@ class Sweep:
       runs_dir: the folder holding ``<id>/<label>/`` run folders.
       source: the file it was read from (None when built from a dict).
       results_dir: the folder of the result files and of the ``<id>/<label>/`` records.
+      measure_latency: ``[sweep] measure_latency``: measure each finished point's inference
+        latency (:mod:`jaxsep.sweep.latency`) and report speed beside multiply-adds.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Sweep:
     runs_dir: Path
     source: Path | None = None
     results_dir: Path = Path(DEFAULT_RESULTS_DIR)
+    measure_latency: bool = False
 
     @property
     def id(self) -> str:
@@ -201,12 +205,19 @@ def sweep_from_dict(
             f"{where}[sweep] name must be a non-empty string of letters, digits and . _ = , + - "
             f"(it names folders and files), but got {name!r}"
         )
-    extra = sorted(set(head) - {"name", "description"})
+    extra = sorted(set(head) - set(HEAD_KEYS))
     if extra:
-        raise SweepError(f"{where}[sweep] has unknown key(s) {extra}; it takes name, description")
+        raise SweepError(
+            f"{where}[sweep] has unknown key(s) {extra}; it takes {', '.join(HEAD_KEYS)}"
+        )
     description = head.get("description", "")
     if not isinstance(description, str):
         raise SweepError(f"{where}[sweep] description must be a string, but got {description!r}")
+    measure_latency = head.get("measure_latency", False)
+    if not isinstance(measure_latency, bool):
+        raise SweepError(
+            f"{where}[sweep] measure_latency must be true or false, but got {measure_latency!r}"
+        )
 
     def check_fields(values: Mapping[str, Any], table: str, allowed_extra: Iterable[str] = ()):
         bad = sorted(set(values) - fields - set(allowed_extra))
@@ -326,7 +337,8 @@ def sweep_from_dict(
                             "depth_multiplier": factorize, "init_from": str(out / CONVERTED)})
         points.append(Point(label, overrides, config, init_from, factorize,
                             results_dir / sweep_id / label))
-    return Sweep(name, preset, description, tuple(points), runs_dir, source, results_dir)
+    return Sweep(name, preset, description, tuple(points), runs_dir, source, results_dir,
+                 measure_latency)
 
 
 def _check_factorize_source(where: str, label: str, config: Any, source: Any) -> None:

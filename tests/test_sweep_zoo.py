@@ -1,0 +1,306 @@
+"""Tests for the zoo sweep (``experiments/zoo.toml``) and what it adds to sweeps: the time to
+an accuracy from a metrics file, Spearman's rank correlation, the inference latency measured
+once per finished point and kept in its folder and record, the speed columns and figure.
+
+The fast tiny sweep uses conftest.tiny_config's model and data, so it trains with the steps
+the session compiled once (its latency compiles two small inference programs). Every model of
+the zoo training a step (seven train steps to compile) runs with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxsep import sweep as jsweep
+from jaxsep.sweep import latency as jlatency
+from jaxsep.sweep.measures import average_ranks
+
+from test_sweep import TINY, run_sweep_cli, write
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "experiments" / "zoo.toml"
+ZOO_MODELS = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+              "shufflenet_v1", "shufflenet_v2", "efficientnet_b0"}
+
+
+# --------------------------------------------------------------------------------------------
+# Time to an accuracy
+
+
+METRICS = [  # a hand-written metrics.jsonl: epoch 2 not evaluated, epoch 3 exactly at 80%
+    {"epoch": 1, "test_accuracy": 0.55, "epoch_seconds": 100.0, "elapsed_seconds": 130.0},
+    {"epoch": 2, "test_accuracy": None, "epoch_seconds": 110.5, "elapsed_seconds": 250.0},
+    {"epoch": 3, "test_accuracy": 0.80, "epoch_seconds": 90.0, "elapsed_seconds": 999.0},
+    {"epoch": 4, "test_accuracy": 0.79, "epoch_seconds": 95.0, "elapsed_seconds": 1100.0},
+    {"epoch": 5, "test_accuracy": 0.851, "epoch_seconds": 120.0, "elapsed_seconds": 1300.0},
+]
+
+
+def test_time_to_accuracy_from_a_metrics_file(tmp_path):
+    from jaxsep.sweep.report import _metrics
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS))
+    metrics = _metrics(tmp_path)
+    assert metrics == METRICS
+    # training seconds (epoch_seconds), not the wall clock (elapsed_seconds)
+    assert jsweep.time_to_accuracy(metrics, 0.80) == 300.5  # at or above: epoch 3
+    assert jsweep.time_to_accuracy(metrics, 0.85) == 515.5
+    assert jsweep.time_to_accuracy(metrics, 0.50) == 100.0
+    assert jsweep.time_to_accuracy(metrics, 0.86) is None
+    assert jsweep.time_to_accuracy([], 0.5) is None
+    assert _metrics(tmp_path / "missing") == []
+    with pytest.raises(ValueError, match=r"time_to_accuracy: target must be <= 1, but got 80"):
+        jsweep.time_to_accuracy(metrics, 80)
+
+
+# --------------------------------------------------------------------------------------------
+# Spearman
+
+
+def test_average_ranks_share_ties():
+    np.testing.assert_array_equal(average_ranks([3, 1, 3, 2]), [3.5, 1, 3.5, 2])
+    np.testing.assert_array_equal(average_ranks([5, 5, 5]), [2, 2, 2])
+
+
+def test_spearman_hand_case():
+    # ranks x: 1, 2.5, 2.5, 4; y: 1, 3, 2, 4 -> centred: (-1.5, 0, 0, 1.5), (-1.5, .5, -.5, 1.5)
+    # rho = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert jsweep.spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(3 / math.sqrt(10),
+                                                                             rel=1e-12)
+    assert jsweep.spearman([1, 2, 3], [3, 2.5, -1]) == pytest.approx(-1.0)
+    assert jsweep.spearman([1, 10, 100], [2, 3, 4]) == pytest.approx(1.0)  # ranks, not values
+    assert jsweep.spearman([1, 2, 3], [7, 7, 7]) is None  # undefined: one side constant
+    assert jsweep.spearman([1], [2]) is None
+    with pytest.raises(ValueError, match="same length, but got 2 and 3"):
+        jsweep.spearman([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        jsweep.spearman([1, float("nan")], [1, 2])
+
+
+def test_correlations_of_multiply_adds_with_measured_time():
+    def row(macs, b1, b128, speed, status="finished"):
+        return {"status": status, "macs": macs, "latency_ms_batch1": b1,
+                "latency_ms_batch128": b128, "images_per_second": speed}
+
+    rows = [row(1, 3.0, 10.0, 300.0), row(2, 2.0, 20.0, 200.0), row(3, 1.0, 30.0, 100.0),
+            row(4, 9.0, 1.0, 1.0, status="partial (1/8 epochs)"),  # not finished: left out
+            row(5, None, None, 50.0)]  # no latency: only in the training-time pair
+    result = {words: (rho, n) for words, rho, n in jsweep.correlations(rows)}
+    assert result == {
+        "inference latency at batch 1": (pytest.approx(-1.0), 3),
+        "inference latency at batch 128": (pytest.approx(1.0), 3),
+        "training time per image": (pytest.approx(1.0), 4),  # 1 / images per second
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo sweep file
+
+
+def test_zoo_file_points_and_costs():
+    for preset, epochs in (("cpu", 8), ("full", 200)):
+        sweep = jsweep.load_sweep(ZOO, preset=preset)
+        assert sweep.measure_latency and len(sweep.points) == 14
+        configs = [p.config for p in sweep.points]
+        assert {c.model for c in configs} == ZOO_MODELS
+        assert {(c.model, c.width) for c in configs} == {
+            (m, w) for m in ZOO_MODELS for w in (1.0, 0.5)}
+        assert all(c.variant == "cifar" and c.epochs == epochs for c in configs)
+        shared, varying = jsweep._shared_and_varying(sweep)
+        assert varying == ["model", "width"]  # one recipe
+    costs = {(p.config.model, p.config.width): jsweep.point_costs(p.config)
+             for p in sweep.points}  # every point builds (abstractly)
+    for model in ZOO_MODELS:
+        (params_1, macs_1), (params_half, macs_half) = costs[model, 1.0], costs[model, 0.5]
+        assert params_half < params_1 and 2 < macs_1 / macs_half < 5
+
+
+def test_measure_latency_must_be_a_bool():
+    data = {"sweep": {"name": "demo", "measure_latency": "yes"}, "presets": {"cpu": {}}}
+    with pytest.raises(jsweep.SweepError, match="measure_latency must be true or false, but got "
+                                                 "'yes'"):
+        jsweep.sweep_from_dict(data)
+    data["sweep"]["measure_latency"] = True
+    assert jsweep.sweep_from_dict(data).measure_latency
+    data["sweep"]["speed"] = True
+    with pytest.raises(jsweep.SweepError, match=r"unknown key\(s\) \['speed'\].*measure_latency"):
+        jsweep.sweep_from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny sweep that measures latency
+
+
+def _tiny_speed() -> str:
+    """test_sweep's tiny sweep with one point (its [base] and cpu preset: conftest.tiny_config's
+    model and data), named "speed", measuring latency."""
+    text = TINY.format(warmup=0.5)
+    base = text[:text.index("[grid]")]
+    preset = text[text.index("[presets.cpu]"):text.index("[presets.full]")]
+    head = 'name = "speed"\nmeasure_latency = true\n'
+    return re.sub(r'name = "tiny"\ndescription = .*\n', head, base) + preset
+
+
+TINY_SPEED = _tiny_speed()
+LABEL = "base"
+
+
+@pytest.fixture(scope="module")
+def speed(tmp_path_factory):
+    """The tiny sweep trained once, its latency measured for real (one round per batch)."""
+    folder = tmp_path_factory.mktemp("speed")
+    path = write(folder, TINY_SPEED, "speed.toml")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jlatency, "ROUNDS", 1)
+        patch.setattr(jlatency, "BLOCK_S", 0.05)
+        code, log = run_sweep_cli(path, folder)
+    sweep = jsweep.load_sweep(path, runs_dir=folder / "runs", results_dir=folder / "results")
+    return {"folder": folder, "path": path, "code": code, "log": log, "sweep": sweep,
+            "point": sweep.point(LABEL)}
+
+
+def test_latency_is_measured_after_training_and_recorded(speed):
+    assert speed["code"] == 0, speed["log"]
+    point = speed["point"]
+    assert any(f"{LABEL}: inference latency batch 1: " in line for line in speed["log"])
+    record = json.loads((point.out / "latency.json").read_text())
+    assert (point.record / "latency.json").read_bytes() == (point.out / "latency.json").read_bytes()
+    assert sorted(record["batches"]) == ["1", "128"]
+    assert record["model"] == "mobilenet_v1" and record["resolution"] == 32
+    assert record["model_options"]["width_multiplier"] == 0.25
+    for entry in record["batches"].values():
+        assert entry["ms"] > 0 and len(entry["round_ms"]) == 1 and entry["calls"] >= 3
+        assert entry["compile_seconds"] > 0
+    # a batch of 128 images takes longer than one image
+    assert record["batches"]["128"]["ms"] > record["batches"]["1"]["ms"]
+    assert len(record["load_average_before"]) == 3
+
+
+def test_speed_columns_and_figure(speed):
+    results = speed["folder"] / "results"
+    with open(results / "speed_cpu.csv", newline="") as file:
+        (row,) = list(csv.DictReader(file))
+    assert list(row) == list(jsweep.CSV_FIELDS)
+    record = json.loads((speed["point"].out / "latency.json").read_text())
+    assert float(row["latency_ms_batch1"]) == record["batches"]["1"]["ms"]
+    assert float(row["latency_ms_batch128"]) == record["batches"]["128"]["ms"]
+    assert row["seconds_to_80"] == row["seconds_to_85"] == ""  # synthetic data: not reached
+    markdown = (results / "speed_cpu.md").read_text()
+    assert "| b1 ms | b128 ms | status |" in markdown and "| to 80% | to 85% |" in markdown
+    assert "Spearman rank correlation of multiply-adds with measured time: inference latency " \
+           "at batch 1 - (n=1)" in markdown  # one point: undefined
+    assert "1-minute load average before measuring" in markdown
+    assert any(line.startswith("jaxsep sweep: Spearman rank correlation of multiply-adds")
+               for line in speed["log"])  # the command states it too
+    figure = "![test accuracy against multiply-adds and measured time](speed_cpu_speed.png)"
+    assert figure in markdown
+    png = (results / "speed_cpu_speed.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def _refuse_to_measure(point):
+    raise AssertionError(f"measured {point.label} again")
+
+
+def test_latency_record_is_reused_on_resume(speed, monkeypatch):
+    point = speed["point"]
+    before = (point.out / "latency.json").read_bytes()
+    monkeypatch.setattr(jlatency, "measure_latency", _refuse_to_measure)
+    code, log = run_sweep_cli(speed["path"], speed["folder"])
+    assert code == 0, log
+    assert any("finished before, skipped" in line for line in log)
+    assert (point.out / "latency.json").read_bytes() == before
+    # a fresh checkout: the record alone, no run folder
+    runs, moved = speed["folder"] / "runs", speed["folder"] / "runs.moved"
+    runs.rename(moved)
+    try:
+        code, log = run_sweep_cli(speed["path"], speed["folder"])
+        assert code == 0, log
+        assert any("recorded in" in line for line in log) and not runs.exists()
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+        moved.rename(runs)
+    # a run folder that lost its latency.json gets the record's back, not a new measurement
+    (point.out / "latency.json").unlink()
+    code, log = run_sweep_cli(speed["path"], speed["folder"])
+    assert code == 0, log
+    assert (point.out / "latency.json").read_bytes() == before
+
+
+def test_missing_latency_is_measured_once(speed, monkeypatch):
+    point = speed["point"]
+    saved = (point.out / "latency.json").read_bytes()
+    calls = []
+
+    def fake(point):
+        calls.append(point.label)
+        return {"batches": {"1": {"ms": 1.5}, "128": {"ms": 40.0}}, "device": {"kind": "cpu"},
+                "processor": "test", "cpu_count": 2, "load_average_before": [0.5, 0.5, 0.5]}
+
+    monkeypatch.setattr(jlatency, "measure_latency", fake)
+    try:
+        for folder in (point.out, point.record):
+            (folder / "latency.json").unlink()
+        for _ in range(2):  # measured by the first run only
+            code, log = run_sweep_cli(speed["path"], speed["folder"])
+            assert code == 0, log
+        assert calls == [LABEL]
+        for folder in (point.out, point.record):
+            assert json.loads((folder / "latency.json").read_text())["batches"]["1"]["ms"] == 1.5
+        # --collect-only measures nothing
+        (point.out / "latency.json").unlink()
+        (point.record / "latency.json").unlink()
+        code, log = run_sweep_cli(speed["path"], speed["folder"], "--collect-only")
+        assert code == 0 and calls == [LABEL]
+    finally:
+        for folder in (point.out, point.record):
+            (folder / "latency.json").write_bytes(saved)
+
+
+# --------------------------------------------------------------------------------------------
+# Every model of the zoo trains a step
+
+
+@pytest.mark.slow
+def test_every_zoo_model_trains_a_step(tmp_path, monkeypatch):
+    """zoo.toml's recipe and models at width 0.5 on 32 synthetic images (two steps of 16):
+    seven train steps to compile (minutes on two cores). The latency is faked (its real
+    measurement is tested above), ordered against multiply-adds on purpose."""
+    data = tomllib.loads(ZOO.read_text())
+    data["base"].update(dataset="synthetic", max_train_examples=32, max_test_examples=16,
+                        batch_size=16)
+    data["grid"]["width"] = [0.5]
+    data["presets"]["cpu"]["epochs"] = 1
+    zoo = jsweep.sweep_from_dict(data, runs_dir=tmp_path / "runs",
+                                 results_dir=tmp_path / "results")
+
+    def fake(point):
+        macs = jsweep.point_costs(point.config)[1]
+        return {"batches": {"1": {"ms": 1e9 / macs}, "128": {"ms": macs / 1e6}},
+                "device": {"kind": "cpu"}, "processor": "test", "cpu_count": 2,
+                "load_average_before": None}
+
+    monkeypatch.setattr(jlatency, "measure_latency", fake)
+    outcomes = jsweep.run_sweep(zoo, quiet=True, log=lambda line: None)
+    assert [o.action for o in outcomes] == ["trained"] * 7
+    collected = jsweep.collect(zoo, log=lambda line: None)
+    assert {r["model"] for r in collected.rows} == ZOO_MODELS
+    for row in collected.rows:
+        assert row["status"] == "finished" and row["images_per_second"] > 0
+        assert row["latency_ms_batch128"] == pytest.approx(row["macs"] / 1e6)
+    result = {words: (rho, n) for words, rho, n in jsweep.correlations(collected.rows)}
+    assert result["inference latency at batch 1"] == (pytest.approx(-1.0), 7)
+    assert result["inference latency at batch 128"] == (pytest.approx(1.0), 7)
+    assert result["training time per image"][1] == 7
+    assert collected.png is not None and collected.speed_png is not None
+    markdown = collected.markdown.read_text()
+    assert "inference latency at batch 1 -1.00 (n=7)" in markdown
