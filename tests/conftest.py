@@ -113,7 +113,9 @@ def strict_promotion():
 # The modules whose tests compile tiny_config's steps or read reference_run. pytest-xdist
 # (`--dist loadgroup` in pyproject.toml) runs one xdist_group on one worker, so those steps
 # and the reference run are compiled once per suite instead of once per worker.
-HARNESS_MODULES = frozenset({"test_train", "test_cli", "test_sweep", "test_init_from"})
+HARNESS_MODULES = frozenset(
+    {"test_train", "test_cli", "test_sweep", "test_sweep_zoo", "test_init_from"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into a group

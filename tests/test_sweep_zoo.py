@@ -106,7 +106,7 @@ def test_correlations_of_multiply_adds_with_measured_time():
 # The zoo sweep file
 
 
-def test_zoo_file_points_and_costs():
+def test_zoo_file_points_one_recipe_two_presets():
     for preset, epochs in (("cpu", 8), ("full", 200)):
         sweep = jsweep.load_sweep(ZOO, preset=preset)
         assert sweep.measure_latency and len(sweep.points) == 14
@@ -117,6 +117,12 @@ def test_zoo_file_points_and_costs():
         assert all(c.variant == "cifar" and c.epochs == epochs for c in configs)
         shared, varying = jsweep._shared_and_varying(sweep)
         assert varying == ["model", "width"]  # one recipe
+
+
+@pytest.mark.slow
+def test_zoo_points_build_and_the_second_width_cuts_costs():
+    """Every point builds (abstractly: 14 model traces, ~15 s on two cores)."""
+    sweep = jsweep.load_sweep(ZOO, preset="cpu")
     costs = {(p.config.model, p.config.width): jsweep.point_costs(p.config)
              for p in sweep.points}  # every point builds (abstractly)
     for model in ZOO_MODELS:
