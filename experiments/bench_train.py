@@ -20,9 +20,9 @@ And a fourth, the **plain loop** (``--no-plain-loop`` skips it): what a JAX user
 knows none of the tricks: their own ``nnx.jit`` train step (``nnx.Optimizer`` with
 ``optax.sgd(momentum=0.9)``, softmax cross-entropy, a fixed batch) over
 ``jaxsep.models.create("mobilenet_v1", variant="cifar")`` with nothing set: no compiler
-options, no host-memory setting. Since ``reuse_host_memory`` is process-wide and cannot be
-undone, the plain loop runs in a subprocess whose environment lacks
-:data:`PLAIN_ENV_REMOVED`, with a torch CL run of the same optimizer (SGD momentum 0.9, no
+options, no environment variables (what ``import jaxsep`` does by default, it does: it
+applies ``reuse_host_memory``). Since that setting is process-wide and cannot be undone, the
+plain loop runs in a subprocess whose environment lacks :data:`PLAIN_ENV_REMOVED`, with a torch CL run of the same optimizer (SGD momentum 0.9, no
 Nesterov, no weight decay) beside it in that subprocess: its ratio comes from one process, as
 the harness row's does from this one. Its "first step" is the first call (compilation, and
 ``impl="auto"``'s measurements when its cache is cold).

@@ -1,4 +1,16 @@
-"""jaxsep: depthwise-separable, grouped and pointwise convolutions for JAX."""
+"""jaxsep: depthwise-separable, grouped and pointwise convolutions for JAX.
+
+Importing jaxsep makes glibc's malloc keep freed host memory for reuse
+(:func:`jaxsep.host_memory.reuse_host_memory`): XLA:CPU allocates a training step's temporaries
+afresh on every call, and without it a plain ``jax.jit`` loop pays a page fault per 4 KiB
+touched. Set ``JAXSEP_REUSE_HOST_MEMORY=0`` before the import to leave malloc alone.
+"""
+
+from jaxsep import host_memory as _host_memory
+
+# Before any JAX computation of this package: threads that have already allocated keep their
+# own arenas. Process-wide, as the docstring above says; see docs/performance.md.
+_host_memory.reuse_host_memory_from_env()
 
 from jaxsep.ops import (
     channel_shuffle as channel_shuffle,

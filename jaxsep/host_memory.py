@@ -10,9 +10,11 @@ to 2 GiB from the heap rather than ``mmap``, and never trim the heap: the next s
 the last one freed, at the price of a resident set that stays at its high-water mark (as
 PyTorch's caching allocators do on GPU). Measured gains: ``docs/performance.md``.
 
-``jaxsep train``, ``sweep`` and ``eval`` call it at start-up (``JAXSEP_REUSE_HOST_MEMORY=0``
-opts out); Python users call it themselves, before the first computation, or start the
-process with ``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES`.
+``import jaxsep`` calls it (so a user's own ``jax.jit`` loop gets it too), and so do ``jaxsep
+train``, ``sweep`` and ``eval``; ``JAXSEP_REUSE_HOST_MEMORY=0`` in the environment before the
+import opts out. Imported after the first JAX computation, it still raises the ``mmap`` and
+trim thresholds, but threads that already allocated keep their arenas; starting the process
+with ``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES` covers every thread from the first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""jaxsep.host_memory: glibc keeps freed blocks for reuse; the command line applies it."""
+"""jaxsep.host_memory: glibc keeps freed blocks for reuse; importing jaxsep and the command
+line apply it."""
 
 import os
 import platform
@@ -42,10 +43,17 @@ _FAULTS = textwrap.dedent(
 )
 
 
-def _second_round_faults(mode: str, tunables: str | None = None) -> tuple[str, int]:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+def _second_round_faults(
+    mode: str, tunables: str | None = None, opt_out: str | None = "0"
+) -> tuple[str, int]:
+    """``opt_out``: $JAXSEP_REUSE_HOST_MEMORY in the child (None: unset, so that importing
+    jaxsep applies the setting)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", host_memory.ENV_VAR)}
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
+    if opt_out is not None:
+        env[host_memory.ENV_VAR] = opt_out
     done = subprocess.run(
         [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env,
         timeout=120, check=True,
@@ -64,6 +72,15 @@ def test_freed_block_is_reused_instead_of_faulted_in_again():
     assert applied == "True"
     assert faults_off > PAGES // 2, faults_off  # glibc's default: a fresh mapping every time
     assert faults_on < PAGES // 20, faults_on  # reused: (almost) no page touched anew
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting exists only under glibc")
+def test_importing_jaxsep_applies_it_unless_opted_out():
+    # "off" calls nothing itself: only the import can have applied the setting.
+    _, faults = _second_round_faults("off", opt_out=None)
+    assert faults < PAGES // 20, faults
+    _, faults = _second_round_faults("off", opt_out="0")
+    assert faults > PAGES // 2, faults
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting exists only under glibc")
