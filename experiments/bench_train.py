@@ -401,8 +401,8 @@ def markdown(report: dict) -> str:
             "`jaxsep.models.create(\"mobilenet_v1\", variant=\"cifar\")`, nothing set: run in a "
             "subprocess without " + ", ".join(f"`{n}`" for n in PLAIN_ENV_REMOVED)
             + " in its environment (so `import jaxsep` applies `reuse_host_memory`, its "
-            "default), no compiler options; its torch CL column ran in that subprocess with the same optimizer (no Nesterov, no "
-            "weight decay), so its ratio, like the harness row's, comes from one process. "
+            "default), no compiler options; its torch CL column ran in that subprocess with "
+            "the same optimizer (no Nesterov, no weight decay), so its ratio, like the harness row's, comes from one process. "
             "\"First step\" is the first call: compilation plus any `impl=\"auto\"` measurement "
             "of a cold autotune cache.",
         ]
