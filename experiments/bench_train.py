@@ -402,9 +402,9 @@ def markdown(report: dict) -> str:
             "subprocess without " + ", ".join(f"`{n}`" for n in PLAIN_ENV_REMOVED)
             + " in its environment (so `import jaxsep` applies `reuse_host_memory`, its "
             "default), no compiler options; its torch CL column ran in that subprocess with "
-            "the same optimizer (no Nesterov, no weight decay), so its ratio, like the harness row's, comes from one process. "
-            "\"First step\" is the first call: compilation plus any `impl=\"auto\"` measurement "
-            "of a cold autotune cache.",
+            "the same optimizer (no Nesterov, no weight decay), so its ratio, like the harness "
+            "row's, comes from one process. \"First step\" is the first call: compilation plus "
+            "any `impl=\"auto\"` measurement of a cold autotune cache.",
         ]
     return "\n".join(lines) + "\n"
 
