@@ -43,6 +43,13 @@ def test_config_json_round_trip(tmp_path):
     assert TrainConfig.load(tmp_path / "config.json") == config
 
 
+def test_configs_with_model_args_are_hashable_and_equal_by_value():
+    a = TrainConfig(model_args={"padding": "symmetric", "bn_epsilon": 1e-3})
+    b = TrainConfig(model_args={"bn_epsilon": 1e-3, "padding": "symmetric"})
+    assert a == b and hash(a) == hash(b) and {a: "run"}[b] == "run"
+    assert a != TrainConfig() and len({a, b, TrainConfig()}) == 2
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [

@@ -253,6 +253,11 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
+    def __hash__(self) -> int:
+        # Explicit because model_args is a dict (stored sorted): the generated hash of a frozen
+        # dataclass would raise, and configs are natural dict keys and cache keys.
+        return hash(self.to_json())
+
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(json.loads(text))
