@@ -29,12 +29,6 @@ ZOO_MODELS = (
 VARIANTS = {"cifar": 32, "imagenet": 224}  # variant -> its input resolution
 
 
-def rngs(seed: int = 0) -> nnx.Rngs:
-    """Seeded Rngs on the "rbg" PRNG: its samplers compile ~10x faster than threefry's on CPU,
-    and eager initialization compiles one sampler per parameter shape."""
-    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
-
-
 def abstract(name, **kwargs):
     """The model's structure without allocating its parameters (cached: tracing the
     construction of a model takes about a second). The variant defaults to "imagenet", as in
@@ -316,10 +310,10 @@ def small_model(name):
     built once."""
     if name in ZOO_SMALL:
         kwargs = dict(variant="cifar", impl="xla", **ZOO_SMALL[name])
-        return materialize(nnx.eval_shape(lambda: models.create(name, **kwargs)))
-    return models.create(
-        name, variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name], rngs=rngs(0)
-    )
+    else:
+        kwargs = dict(variant="cifar", width_multiplier=0.25, impl=SMALL_IMPL[name])
+    # materialize: eager construction would compile a sampler per parameter shape.
+    return materialize(nnx.eval_shape(lambda: models.create(name, **kwargs)))
 
 
 def batch():
@@ -466,9 +460,9 @@ def test_symmetric_padding_differs_from_same_only_at_stride_2_on_even_inputs():
     """The same weights: equal logits on a 33x33 input (every stride-2 layer sees an odd size:
     33, 17, 9), different ones on 32x32 (TF pads (0, 1) there, PyTorch (1, 1))."""
     kwargs = dict(variant="cifar", width_multiplier=0.25, impl="xla")
-    same = models.create("mobilenet_v2", **kwargs, rngs=rngs(0))
-    symmetric = models.create("mobilenet_v2", padding="symmetric", **kwargs, rngs=rngs(1))
-    nnx.update(symmetric, nnx.state(same))
+    same = materialize(nnx.eval_shape(lambda: models.create("mobilenet_v2", **kwargs)))
+    symmetric = nnx.eval_shape(lambda: models.create("mobilenet_v2", padding="symmetric", **kwargs))
+    symmetric = nnx.merge(nnx.graphdef(symmetric), nnx.state(same))
     for m in (same, symmetric):
         m.eval()
     def gap(size):  # relative: fresh weights give logits of about 1e-6
@@ -495,9 +489,8 @@ def test_mobilenet_v1_activation_option():
 def trained_looking_standard_v1():
     """A width-0.125 CIFAR "standard" MobileNetV1 in eval mode with non-trivial BatchNorm
     statistics and a classifier scaled up, so that its logits are O(1) and differ by input."""
-    model = models.create(
-        "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard", rngs=rngs(0)
-    )
+    model = materialize(nnx.eval_shape(lambda: models.create(
+        "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard")))
     rng = np.random.default_rng(0)
     for layer in [model.stem, *model.blocks]:
         size = layer.norm.mean.shape[0]
@@ -540,10 +533,10 @@ def test_factorize_mobilenet_v1_is_exact_at_full_rank():
 
 
 def test_factorize_mobilenet_v1_keeps_the_layer_options():
-    model = models.create(
+    model = materialize(nnx.eval_shape(lambda: models.create(
         "mobilenet_v1", variant="cifar", width_multiplier=0.125, conv="standard",
-        activation="relu6", padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99, rngs=rngs(0),
-    )
+        activation="relu6", padding="symmetric", bn_epsilon=1e-3, bn_momentum=0.99,
+    )))
     converted, _ = models.factorize_mobilenet_v1(model, 1)
     assert (converted.activation, converted.padding) == ("relu6", "symmetric")
     assert converted.blocks[1].conv.padding == 1 and converted.blocks[1].activation is jax.nn.relu6
