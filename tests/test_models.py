@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+import jaxsep
 from jaxsep import models
 from jaxsep.models import make_divisible
 
@@ -81,6 +82,36 @@ def test_register_model_rejects_a_second_model_of_the_same_name():
 
 
 # --------------------------------------------------------------------------- widths
+
+
+class _Tiny(nnx.Module):
+    """Small enough to build eagerly in a test: a depthwise conv, a classifier, dropout."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.depthwise = jaxsep.nn.DepthwiseConv(4, (3, 3), rngs=rngs)
+        self.classifier = nnx.Linear(4, 3, rngs=rngs)
+        self.dropout = nnx.Dropout(0.5, rngs=rngs)
+
+
+def test_create_initializes_in_one_program_with_the_eager_values():
+    from jaxsep.models._registry import initialize
+
+    eager_rngs, rngs = nnx.Rngs(params=3, dropout=4), nnx.Rngs(params=3, dropout=4)
+    eager, built = _Tiny(rngs=eager_rngs), initialize(_Tiny, rngs)
+    want, got = nnx.state(eager), nnx.state(built)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        # The same random bits; the samplers' float transforms (erf_inv, scaling) compiled in one
+        # program may round differently from op-by-op ones: float32 ulps, no more.
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+    # The caller's Rngs advanced as eager construction advances it.
+    np.testing.assert_array_equal(rngs.params.count[...], eager_rngs.params.count[...])
+    # Inside a trace nothing is compiled: the build just runs (abstractly here).
+    abstract = nnx.eval_shape(lambda: initialize(_Tiny, nnx.Rngs(0)))
+    leaves = jax.tree.leaves(nnx.state(abstract))
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
 
 
 def test_make_divisible_is_the_reference_rounding():
