@@ -3,7 +3,9 @@
 Importing jaxsep makes glibc's malloc keep freed host memory for reuse
 (:func:`jaxsep.host_memory.reuse_host_memory`): XLA:CPU allocates a training step's temporaries
 afresh on every call, and without it a plain ``jax.jit`` loop pays a page fault per 4 KiB
-touched. Set ``JAXSEP_REUSE_HOST_MEMORY=0`` before the import to leave malloc alone.
+touched. It costs a resident set that stays at its peak and slower compiles (one malloc arena
+for XLA's compiler threads; docs/performance.md). Set ``JAXSEP_REUSE_HOST_MEMORY=0`` before
+the import to leave malloc alone.
 """
 
 from jaxsep import host_memory as _host_memory
