@@ -66,6 +66,7 @@ from flax import nnx
 
 from jaxsep import data as jdata
 from jaxsep import models
+from jaxsep.models._registry import INIT_COMPILER_OPTIONS
 from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.train import steps as S
 from jaxsep.train.optim import weight_decay_mask
@@ -93,8 +94,6 @@ from _timing import (
 RESULTS = Path(__file__).resolve().parent / "results"
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # as jaxsep's models (PyTorch's defaults)
-# Building a model compiles its initialization; XLA's optimizer is wasted on a one-off program.
-_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 NUM_BATCHES = 4  # distinct batches the JAX steps cycle through
 # What the plain loop's subprocess leaves out of its environment: settings a user who knows no
 # tricks has not made (glibc's malloc tunables, a preloaded malloc, XLA flags, jaxsep's
@@ -159,7 +158,8 @@ def _jax_trainer(
         return nnx.split(make(), nnx.Param, nnx.BatchStat, ...)[1:]
 
     params, batch_stats, rest = (
-        jax.jit(init, out_shardings=replicated).lower().compile(compiler_options=_INIT_OPTIONS)()
+        jax.jit(init, out_shardings=replicated).lower().compile(
+            compiler_options=INIT_COMPILER_OPTIONS)()
     )
     state = {
         "params": params,

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxsep import models
+from jaxsep.models._registry import INIT_COMPILER_OPTIONS
 
 __all__ = [
     "NUM_CLASSES",
@@ -35,9 +36,6 @@ _OPTIONAL = (
     ("depth_multiplier", "depth_multiplier"),
     ("dropout", "dropout_rate"),
 )
-# XLA's optimizer takes ~20 s on the one-off initialization program (threefry random numbers
-# for every parameter) on a 2-core CPU, and saves nothing on a program run once.
-_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def model_kwargs(config: Any) -> dict[str, Any]:
@@ -103,6 +101,6 @@ def init_program(config: Any, sharding: NamedSharding):
         lowered = jax.jit(init, out_shardings=sharding).lower(
             jax.ShapeDtypeStruct((), jnp.uint32, sharding=sharding)
         )
-        compiled = lowered.compile(compiler_options=_INIT_COMPILER_OPTIONS)
+        compiled = lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)
         _INIT_CACHE[key] = compiled
     return compiled
