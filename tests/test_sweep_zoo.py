@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from jaxsep import sweep as jsweep
-from jaxsep.sweep import latency as jlatency
+from jaxsep.sweep import speed as jspeed
 from jaxsep.sweep.measures import average_ranks
 
 from test_sweep import TINY, run_sweep_cli, write
@@ -37,11 +37,10 @@ ZOO_MODELS = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v
 
 
 METRICS = [  # a hand-written metrics.jsonl: epoch 2 not evaluated, epoch 3 exactly at 80%
-    {"epoch": 1, "test_accuracy": 0.55, "epoch_seconds": 100.0, "elapsed_seconds": 130.0},
-    {"epoch": 2, "test_accuracy": None, "epoch_seconds": 110.5, "elapsed_seconds": 250.0},
-    {"epoch": 3, "test_accuracy": 0.80, "epoch_seconds": 90.0, "elapsed_seconds": 999.0},
-    {"epoch": 4, "test_accuracy": 0.79, "epoch_seconds": 95.0, "elapsed_seconds": 1100.0},
-    {"epoch": 5, "test_accuracy": 0.851, "epoch_seconds": 120.0, "elapsed_seconds": 1300.0},
+    {"epoch": e, "global_step": 10 * e, "test_accuracy": a, "epoch_seconds": t,
+     "elapsed_seconds": w}
+    for e, a, t, w in ((1, 0.55, 100.0, 130.0), (2, None, 110.5, 250.0), (3, 0.80, 90.0, 999.0),
+                       (4, 0.79, 95.0, 1100.0), (5, 0.851, 120.0, 1300.0))
 ]
 
 
@@ -57,6 +56,12 @@ def test_time_to_accuracy_from_a_metrics_file(tmp_path):
     assert jsweep.time_to_accuracy(metrics, 0.50) == 100.0
     assert jsweep.time_to_accuracy(metrics, 0.86) is None
     assert jsweep.time_to_accuracy([], 0.5) is None
+    # with a step time measured apart: steps until that evaluation (epoch 3: 30) times it
+    assert jsweep.time_to_accuracy(metrics, 0.80, step_seconds=0.5) == 15.0
+    assert jsweep.time_to_accuracy(metrics, 0.85, step_seconds=0.5) == 25.0
+    assert jsweep.time_to_accuracy(metrics, 0.86, step_seconds=0.5) is None
+    with pytest.raises(ValueError, match=r"time_to_accuracy: step_seconds must be > 0, but got 0"):
+        jsweep.time_to_accuracy(metrics, 0.8, step_seconds=0)
     assert _metrics(tmp_path / "missing") == []
     with pytest.raises(ValueError, match=r"time_to_accuracy: target must be <= 1, but got 80"):
         jsweep.time_to_accuracy(metrics, 80)
@@ -109,7 +114,7 @@ def test_correlations_of_multiply_adds_with_measured_time():
 def test_zoo_file_points_one_recipe_two_presets():
     for preset, epochs in (("cpu", 8), ("full", 200)):
         sweep = jsweep.load_sweep(ZOO, preset=preset)
-        assert sweep.measure_latency and len(sweep.points) == 14
+        assert sweep.measure_speed and len(sweep.points) == 14
         configs = [p.config for p in sweep.points]
         assert {c.model for c in configs} == ZOO_MODELS
         assert {(c.model, c.width) for c in configs} == {
@@ -130,15 +135,15 @@ def test_zoo_points_build_and_the_second_width_cuts_costs():
         assert params_half < params_1 and 2 < macs_1 / macs_half < 5
 
 
-def test_measure_latency_must_be_a_bool():
-    data = {"sweep": {"name": "demo", "measure_latency": "yes"}, "presets": {"cpu": {}}}
-    with pytest.raises(jsweep.SweepError, match="measure_latency must be true or false, but got "
+def test_measure_speed_must_be_a_bool():
+    data = {"sweep": {"name": "demo", "measure_speed": "yes"}, "presets": {"cpu": {}}}
+    with pytest.raises(jsweep.SweepError, match="measure_speed must be true or false, but got "
                                                  "'yes'"):
         jsweep.sweep_from_dict(data)
-    data["sweep"]["measure_latency"] = True
-    assert jsweep.sweep_from_dict(data).measure_latency
+    data["sweep"]["measure_speed"] = True
+    assert jsweep.sweep_from_dict(data).measure_speed
     data["sweep"]["speed"] = True
-    with pytest.raises(jsweep.SweepError, match=r"unknown key\(s\) \['speed'\].*measure_latency"):
+    with pytest.raises(jsweep.SweepError, match=r"unknown key\(s\) \['speed'\].*measure_speed"):
         jsweep.sweep_from_dict(data)
 
 
@@ -152,7 +157,7 @@ def _tiny_speed() -> str:
     text = TINY.format(warmup=0.5)
     base = text[:text.index("[grid]")]
     preset = text[text.index("[presets.cpu]"):text.index("[presets.full]")]
-    head = 'name = "speed"\nmeasure_latency = true\n'
+    head = 'name = "speed"\nmeasure_speed = true\n'
     return re.sub(r'name = "tiny"\ndescription = .*\n', head, base) + preset
 
 
@@ -166,20 +171,23 @@ def speed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("speed")
     path = write(folder, TINY_SPEED, "speed.toml")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jlatency, "ROUNDS", 1)
-        patch.setattr(jlatency, "BLOCK_S", 0.05)
+        patch.setattr(jspeed, "ROUNDS", 1)
+        patch.setattr(jspeed, "BLOCK_S", 0.05)
+        # 3 + 4 + 1 steps of 32: tiny_config's 256 images, so the session's compiled step
+        patch.setattr(jspeed, "WARMUP_STEPS", 3)
+        patch.setattr(jspeed, "TIMED_STEPS", 4)
         code, log = run_sweep_cli(path, folder)
     sweep = jsweep.load_sweep(path, runs_dir=folder / "runs", results_dir=folder / "results")
     return {"folder": folder, "path": path, "code": code, "log": log, "sweep": sweep,
             "point": sweep.point(LABEL)}
 
 
-def test_latency_is_measured_after_training_and_recorded(speed):
+def test_speed_is_measured_after_training_and_recorded(speed):
     assert speed["code"] == 0, speed["log"]
     point = speed["point"]
     assert any(f"{LABEL}: inference latency batch 1: " in line for line in speed["log"])
-    record = json.loads((point.out / "latency.json").read_text())
-    assert (point.record / "latency.json").read_bytes() == (point.out / "latency.json").read_bytes()
+    record = json.loads((point.out / "speed.json").read_text())
+    assert (point.record / "speed.json").read_bytes() == (point.out / "speed.json").read_bytes()
     assert sorted(record["batches"]) == ["1", "128"]
     assert record["model"] == "mobilenet_v1" and record["resolution"] == 32
     assert record["model_options"]["width_multiplier"] == 0.25
@@ -189,6 +197,12 @@ def test_latency_is_measured_after_training_and_recorded(speed):
     # a batch of 128 images takes longer than one image
     assert record["batches"]["128"]["ms"] > record["batches"]["1"]["ms"]
     assert len(record["load_average_before"]) == 3
+    train = record["train"]  # the harness's train step, timed apart on synthetic data
+    assert train["batch_size"] == 32 and train["warmup_steps"] == 3
+    assert len(train["step_ms_all"]) == 4 and min(train["step_ms_all"]) > 0
+    assert train["step_ms"] == pytest.approx(float(np.median(train["step_ms_all"])))
+    assert train["images_per_second"] == pytest.approx(32e3 / train["step_ms"])
+    assert "median over 4 steps after 3 warm-up steps" in train["method"]
 
 
 def test_speed_columns_and_figure(speed):
@@ -196,15 +210,19 @@ def test_speed_columns_and_figure(speed):
     with open(results / "speed_cpu.csv", newline="") as file:
         (row,) = list(csv.DictReader(file))
     assert list(row) == list(jsweep.CSV_FIELDS)
-    record = json.loads((speed["point"].out / "latency.json").read_text())
+    record = json.loads((speed["point"].out / "speed.json").read_text())
     assert float(row["latency_ms_batch1"]) == record["batches"]["1"]["ms"]
     assert float(row["latency_ms_batch128"]) == record["batches"]["128"]["ms"]
+    # training speed and time: the step measured apart, not the run's own clock
+    assert float(row["images_per_second"]) == pytest.approx(record["train"]["images_per_second"])
+    assert float(row["train_seconds"]) == pytest.approx(8 * record["train"]["step_ms"] / 1e3)
     assert row["seconds_to_80"] == row["seconds_to_85"] == ""  # synthetic data: not reached
     markdown = (results / "speed_cpu.md").read_text()
     assert "| b1 ms | b128 ms | status |" in markdown and "| to 80% | to 85% |" in markdown
     assert "Spearman rank correlation of multiply-adds with measured time: inference latency " \
            "at batch 1 - (n=1)" in markdown  # one point: undefined
     assert "1-minute load average before measuring" in markdown
+    assert "optimizer steps times that step time" in markdown
     assert any(line.startswith("jaxsep sweep: Spearman rank correlation of multiply-adds")
                for line in speed["log"])  # the command states it too
     figure = "![test accuracy against multiply-adds and measured time](speed_cpu_speed.png)"
@@ -219,12 +237,12 @@ def _refuse_to_measure(point):
 
 def test_latency_record_is_reused_on_resume(speed, monkeypatch):
     point = speed["point"]
-    before = (point.out / "latency.json").read_bytes()
-    monkeypatch.setattr(jlatency, "measure_latency", _refuse_to_measure)
+    before = (point.out / "speed.json").read_bytes()
+    monkeypatch.setattr(jspeed, "measure_speed", _refuse_to_measure)
     code, log = run_sweep_cli(speed["path"], speed["folder"])
     assert code == 0, log
     assert any("finished before, skipped" in line for line in log)
-    assert (point.out / "latency.json").read_bytes() == before
+    assert (point.out / "speed.json").read_bytes() == before
     # a fresh checkout: the record alone, no run folder
     runs, moved = speed["folder"] / "runs", speed["folder"] / "runs.moved"
     runs.rename(moved)
@@ -235,41 +253,80 @@ def test_latency_record_is_reused_on_resume(speed, monkeypatch):
     finally:
         shutil.rmtree(runs, ignore_errors=True)
         moved.rename(runs)
-    # a run folder that lost its latency.json gets the record's back, not a new measurement
-    (point.out / "latency.json").unlink()
+    # a run folder that lost its speed.json gets the record's back, not a new measurement
+    (point.out / "speed.json").unlink()
     code, log = run_sweep_cli(speed["path"], speed["folder"])
     assert code == 0, log
-    assert (point.out / "latency.json").read_bytes() == before
+    assert (point.out / "speed.json").read_bytes() == before
 
 
 def test_missing_latency_is_measured_once(speed, monkeypatch):
     point = speed["point"]
-    saved = (point.out / "latency.json").read_bytes()
+    saved = (point.out / "speed.json").read_bytes()
     calls = []
 
     def fake(point):
         calls.append(point.label)
         return {"batches": {"1": {"ms": 1.5}, "128": {"ms": 40.0}}, "device": {"kind": "cpu"},
-                "processor": "test", "cpu_count": 2, "load_average_before": [0.5, 0.5, 0.5]}
+                "processor": "test", "cpu_count": 2, "load_average_before": [0.5, 0.5, 0.5],
+                "train": {"step_ms": 100.0, "images_per_second": 320.0}}
 
-    monkeypatch.setattr(jlatency, "measure_latency", fake)
+    monkeypatch.setattr(jspeed, "measure_speed", fake)
     try:
         for folder in (point.out, point.record):
-            (folder / "latency.json").unlink()
+            (folder / "speed.json").unlink()
         for _ in range(2):  # measured by the first run only
             code, log = run_sweep_cli(speed["path"], speed["folder"])
             assert code == 0, log
         assert calls == [LABEL]
         for folder in (point.out, point.record):
-            assert json.loads((folder / "latency.json").read_text())["batches"]["1"]["ms"] == 1.5
+            assert json.loads((folder / "speed.json").read_text())["batches"]["1"]["ms"] == 1.5
         # --collect-only measures nothing
-        (point.out / "latency.json").unlink()
-        (point.record / "latency.json").unlink()
+        (point.out / "speed.json").unlink()
+        (point.record / "speed.json").unlink()
         code, log = run_sweep_cli(speed["path"], speed["folder"], "--collect-only")
         assert code == 0 and calls == [LABEL]
     finally:
         for folder in (point.out, point.record):
-            (folder / "latency.json").write_bytes(saved)
+            (folder / "speed.json").write_bytes(saved)
+
+
+def test_measure_remeasures_every_finished_point(speed, monkeypatch):
+    """``--measure``: every finished point measured again in one sitting, overwriting its
+    speed.json in the run folder and the record; nothing trained."""
+    point = speed["point"]
+    saved = (point.out / "speed.json").read_bytes()
+    calls = []
+
+    def fake(point):
+        calls.append(point.label)
+        return {"batches": {"1": {"ms": 2.5}, "128": {"ms": 50.0}}, "device": {"kind": "cpu"},
+                "processor": "test", "cpu_count": 2, "load_average_before": [0.1, 0.1, 0.1],
+                "train": {"step_ms": 200.0, "images_per_second": 160.0}}
+
+    monkeypatch.setattr(jspeed, "measure_speed", fake)
+    try:
+        code, log = run_sweep_cli(speed["path"], speed["folder"], "--measure")
+        assert code == 0, log
+        assert calls == [LABEL] and any("measuring its speed" in line for line in log)
+        assert not any("training" in line and "epochs in" in line for line in log)
+        for folder in (point.out, point.record):
+            assert json.loads((folder / "speed.json").read_text())["train"]["step_ms"] == 200.0
+        with open(speed["folder"] / "results" / "speed_cpu.csv", newline="") as file:
+            (row,) = list(csv.DictReader(file))
+        assert float(row["images_per_second"]) == 160.0
+        assert float(row["train_seconds"]) == pytest.approx(8 * 0.2)
+        # bad combinations: exit 2 with one line, nothing measured
+        code, log = run_sweep_cli(speed["path"], speed["folder"], "--measure", "--collect-only")
+        assert code == 2 and "--measure and --collect-only exclude each other" in log[-1]
+        plain = write(speed["folder"], TINY_SPEED.replace("measure_speed = true\n", ""),
+                      "plain.toml")
+        code, log = run_sweep_cli(plain, speed["folder"], "--measure")
+        assert code == 2 and "does not measure speed; set measure_speed = true" in log[-1]
+        assert calls == [LABEL]
+    finally:
+        for folder in (point.out, point.record):
+            (folder / "speed.json").write_bytes(saved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,9 +350,10 @@ def test_every_zoo_model_trains_a_step(tmp_path, monkeypatch):
         macs = jsweep.point_costs(point.config)[1]
         return {"batches": {"1": {"ms": 1e9 / macs}, "128": {"ms": macs / 1e6}},
                 "device": {"kind": "cpu"}, "processor": "test", "cpu_count": 2,
-                "load_average_before": None}
+                "load_average_before": None,
+                "train": {"step_ms": macs / 1e6, "images_per_second": 16e9 / macs}}
 
-    monkeypatch.setattr(jlatency, "measure_latency", fake)
+    monkeypatch.setattr(jspeed, "measure_speed", fake)
     outcomes = jsweep.run_sweep(zoo, quiet=True, log=lambda line: None)
     assert [o.action for o in outcomes] == ["trained"] * 7
     collected = jsweep.collect(zoo, log=lambda line: None)
@@ -306,7 +364,7 @@ def test_every_zoo_model_trains_a_step(tmp_path, monkeypatch):
     result = {words: (rho, n) for words, rho, n in jsweep.correlations(collected.rows)}
     assert result["inference latency at batch 1"] == (pytest.approx(-1.0), 7)
     assert result["inference latency at batch 128"] == (pytest.approx(1.0), 7)
-    assert result["training time per image"][1] == 7
+    assert result["training time per image"] == (pytest.approx(1.0), 7)
     assert collected.png is not None and collected.speed_png is not None
     markdown = collected.markdown.read_text()
     assert "inference latency at batch 1 -1.00 (n=7)" in markdown

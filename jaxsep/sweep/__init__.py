@@ -7,8 +7,8 @@ points are described in ``docs/sweeps.md``.
 
 Modules: :mod:`~jaxsep.sweep.spec` (the sweep file), :mod:`~jaxsep.sweep.state` (the points'
 states and records), :mod:`~jaxsep.sweep.runner` (``run_sweep``),
-:mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.latency` (inference
-latency of a finished point), :mod:`~jaxsep.sweep.measures` (time to an accuracy, rank
+:mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.speed` (a point's
+measured latency and training speed), :mod:`~jaxsep.sweep.measures` (time to an accuracy, rank
 correlation), :mod:`~jaxsep.sweep.report` (CSV, Markdown, dry run),
 :mod:`~jaxsep.sweep.plots` (its figures) and :mod:`~jaxsep.sweep.command` (the subcommand).
 """
@@ -18,7 +18,10 @@ from jaxsep.sweep.command import (
     run_sweep_command as run_sweep_command,
 )
 from jaxsep.sweep.factorize import convert_point as convert_point
-from jaxsep.sweep.latency import measure_latency as measure_latency
+from jaxsep.sweep.speed import (
+    measure_speed as measure_speed,
+    measure_training as measure_training,
+)
 from jaxsep.sweep.measures import (
     ACCURACY_TARGETS as ACCURACY_TARGETS,
     LATENCY_BATCHES as LATENCY_BATCHES,
@@ -54,7 +57,7 @@ from jaxsep.sweep.spec import (
 )
 from jaxsep.sweep.state import (
     CONVERSION_FILE as CONVERSION_FILE,
-    LATENCY_FILE as LATENCY_FILE,
+    SPEED_FILE as SPEED_FILE,
     RECORD_FILES as RECORD_FILES,
     point_state as point_state,
 )
@@ -75,7 +78,8 @@ __all__ = [
     "correlations",
     "dry_run_table",
     "load_sweep",
-    "measure_latency",
+    "measure_speed",
+    "measure_training",
     "model_options",
     "point_costs",
     "point_state",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from jaxsep.sweep.report import collect, correlation_text, dry_run_table
-from jaxsep.sweep.runner import Outcome, run_sweep
+from jaxsep.sweep.runner import Outcome, measure_sweep, run_sweep
 from jaxsep.sweep.spec import DEFAULT_PRESET, DEFAULT_RESULTS_DIR, SweepError, load_sweep
 
 __all__ = ["add_sweep_arguments", "run_sweep_command"]
@@ -42,6 +42,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collect-only", action="store_true",
                         help="train nothing; rewrite the results from the run folders and "
                         "records (back-filling the records of finished runs)")
+    parser.add_argument(
+        "--measure", action="store_true",
+        help="train nothing; measure the speed (inference latency, training images/s) of "
+        "every finished point again, overwriting what is on record, so that all are measured "
+        "in one sitting; run it alone on the machine",
+    )
     parser.add_argument("--keep-going", action="store_true",
                         help="after a point fails, go on with the next (exit status 1 at the end)")
     parser.add_argument("--quiet", action="store_true", default=None,
@@ -63,7 +69,15 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
             print(dry_run_table(sweep, args.only, args.retrain))
             return 0
         outcomes: list[Outcome] = []
-        if not args.collect_only:
+        if args.measure and args.collect_only:
+            raise SweepError("--measure and --collect-only exclude each other: --measure "
+                             "rewrites the results after measuring")
+        if args.measure and not sweep.measure_speed:
+            raise SweepError(f"--measure: {args.file} does not measure speed; set "
+                             "measure_speed = true in its [sweep] table")
+        if args.measure:
+            measure_sweep(sweep, only=args.only)
+        elif not args.collect_only:
             outcomes = run_sweep(sweep, only=args.only, retrain=args.retrain,
                                  keep_going=args.keep_going, quiet=args.quiet)
     except SweepError as error:
@@ -74,7 +88,7 @@ def run_sweep_command(args: argparse.Namespace, *, prog: str = "jaxsep sweep") -
     collected = collect(sweep, plot=args.plot)
     written = [collected.csv, collected.markdown, collected.png, collected.speed_png]
     print(f"{prog}: wrote " + ", ".join(str(p) for p in written if p), file=sys.stderr)
-    if sweep.measure_latency:
+    if sweep.measure_speed:
         print(f"{prog}: {correlation_text(collected.rows)}", file=sys.stderr)
     failed = [o for o in outcomes if o.action == "failed"]
     if failed:

@@ -1,5 +1,5 @@
 """Pure functions over a sweep's results: the training time a run took to reach a test
-accuracy (from its ``metrics.jsonl`` lines) and Spearman's rank correlation (NumPy only).
+accuracy (from its ``metrics.jsonl`` lines and, when measured, its step time) and Spearman's rank correlation (NumPy only).
 
 The report uses them to set measured time beside multiply-adds (``docs/sweeps.md``, "Speed").
 """
@@ -37,29 +37,37 @@ MEASURED_TIMES = (
 )
 
 
-def time_to_accuracy(metrics: Iterable[Mapping[str, Any]], target: float) -> float | None:
+def time_to_accuracy(metrics: Iterable[Mapping[str, Any]], target: float, *,
+                     step_seconds: float | None = None) -> float | None:
     """Seconds of training until the first evaluation at or above ``target``, or None when
     no evaluation reached it.
 
     Args:
       metrics: a run's ``metrics.jsonl`` lines in epoch order, each with ``epoch_seconds``
         (the epoch's training time: compilation and evaluation excluded; an epoch resumed
-        after an interruption carries its first part) and ``test_accuracy`` (None in an
-        epoch that was not evaluated).
+        after an interruption carries its first part), ``global_step`` (optimizer steps at
+        its end) and ``test_accuracy`` (None in an epoch that was not evaluated).
       target: a test accuracy in [0, 1].
+      step_seconds: the time of one training step measured apart on an idle machine
+        (:func:`jaxsep.sweep.speed.measure_training`); None: the run's own clock.
 
     Returns:
-      The sum of ``epoch_seconds`` up to and including that epoch: the harness's training
-      clock, not the wall clock, so it compares runs on one machine without the time spent
-      compiling, evaluating or stopped between sessions.
+      With ``step_seconds``: the optimizer steps until that evaluation times
+      ``step_seconds``, which does not depend on what else ran on the machine during the
+      hours of training. Without: the sum of ``epoch_seconds`` up to and including that
+      epoch, the harness's training clock. Neither counts the time spent compiling,
+      evaluating or stopped between sessions.
     """
     check_number("time_to_accuracy", "target", target, low=0.0, high=1.0, high_open=False)
+    if step_seconds is not None:
+        check_number("time_to_accuracy", "step_seconds", step_seconds, low=0.0,
+                     low_open=True)
     seconds = 0.0
     for line in metrics:
         seconds += line["epoch_seconds"]
         accuracy = line.get("test_accuracy")
         if accuracy is not None and accuracy >= target:
-            return seconds
+            return seconds if step_seconds is None else line["global_step"] * step_seconds
     return None
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxsep import models
 from jaxsep._io import atomic_write
 from jaxsep.summary import summary as model_summary
-from jaxsep.sweep.latency import latency_ms, read_latency
+from jaxsep.sweep.speed import latency_ms, read_speed, step_seconds
 from jaxsep.sweep.measures import (
     ACCURACY_TARGETS,
     LATENCY_BATCHES,
@@ -131,12 +131,18 @@ def _row(point: Point, state: str) -> dict[str, Any]:
             num_test=summary.get("num_test"),
             device=(summary.get("device") or {}).get("kind"),
         )
+        # Speed measured apart (speed.json) replaces the run's own clock, which counts
+        # whatever else ran on the machine during the hours of training.
+        speed = read_speed(folder)
+        step = step_seconds(speed)
         metrics = _metrics(folder)
+        if step is not None:
+            row["images_per_second"] = speed["train"]["images_per_second"]
+            row["train_seconds"] = metrics[-1]["global_step"] * step if metrics else None
         for field, target in zip(TIME_TO_FIELDS, ACCURACY_TARGETS):
-            row[field] = time_to_accuracy(metrics, target)
-        latency = read_latency(folder)
+            row[field] = time_to_accuracy(metrics, target, step_seconds=step)
         for field, batch in zip(LATENCY_FIELDS, LATENCY_BATCHES):
-            row[field] = latency_ms(latency, batch)
+            row[field] = latency_ms(speed, batch)
     else:
         row["status"] = (
             f"partial ({run_folder.epochs_done(point.out)}/{config.epochs} epochs)" if state == "partial"
@@ -251,7 +257,7 @@ def _markdown(
         header += ["after conversion", "factorize error"]
     header += ["epochs", *extra, "img/s", "train h:mm",
                *(f"to {round(100 * t)}%" for t in ACCURACY_TARGETS)]
-    if sweep.measure_latency:
+    if sweep.measure_speed:
         header += [f"b{b} ms" for b in LATENCY_BATCHES]
     header += ["status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -276,7 +282,7 @@ def _markdown(
         cells += [str(row["epochs"]), *(_format_value(getattr(config, k)) for k in extra),
                   "-" if speed is None else f"{speed:.0f}", _duration(row["train_seconds"]),
                   *(_duration(row[k]) for k in TIME_TO_FIELDS)]
-        if sweep.measure_latency:
+        if sweep.measure_speed:
             cells += [_milliseconds(row[k]) for k in LATENCY_FIELDS]
         cells += [row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -287,7 +293,12 @@ def _markdown(
     lines += ["", f"To {targets}: the training time (h:mm, compilation and evaluation "
               "excluded) until the first evaluation at or above that test accuracy; - when "
               "not reached."]
-    if sweep.measure_latency:
+    if sweep.measure_speed:
+        lines[-1] += (" Img/s, train h:mm and the times to an accuracy come from the training "
+                      "step time measured apart (`speed.json`): optimizer steps times that "
+                      "step time, not the run's own clock, which counts whatever else the "
+                      "machine ran during the hours of training.")
+    if sweep.measure_speed:
         lines += ["", *_speed_lines(latencies, rows)]
     if png is not None:
         lines += ["", f"![test accuracy against parameters and multiply-adds]({png})"]
@@ -320,12 +331,13 @@ def correlation_text(rows: Sequence[Mapping[str, Any]]) -> str:
 def _speed_lines(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
                  ) -> list[str]:
     """The Markdown paragraphs on latency: how it was measured (``records``: the finished
-    points' ``latency.json``), then the correlations."""
+    points' ``speed.json``), then the correlations."""
     batches = ", ".join(f"b{b}" for b in LATENCY_BATCHES)
     note = (f"{batches} ms: inference latency of one forward pass at that batch size "
             "(`jax.jit` of the eval-mode model, XLA's default compiler options; median over "
-            "blocks of a block's median; `latency.json` in each point's folder), measured once "
-            "right after the point trained.")
+            "blocks of a block's median; `speed.json` in each point's folder), measured apart "
+            "from training, as the training step's time: right after the point trained, or "
+            "for every point in one sitting (`jaxsep sweep FILE --measure`).")
     if records:
         where = sorted({f"{r['device']['kind']} ({r['processor']}, {r['cpu_count']} cores)"
                         for r in records})
@@ -377,7 +389,7 @@ def collect(
             _write_record(point)
         rows.append(_row(point, state))
         if state in ("finished", "recorded"):
-            latencies.append(read_latency(point.record if state == "recorded" else point.out))
+            latencies.append(read_speed(point.record if state == "recorded" else point.out))
     csv_path = results_dir / f"{sweep.id}.csv"
     md_path = results_dir / f"{sweep.id}.md"
     png_path = results_dir / f"{sweep.id}.png"
@@ -386,7 +398,7 @@ def collect(
     drawn = speed_drawn = False
     if plot:
         drawn = plot_costs(sweep, rows, png_path)
-        speed_drawn = sweep.measure_latency and plot_speed(sweep, rows, speed_path)
+        speed_drawn = sweep.measure_speed and plot_speed(sweep, rows, speed_path)
         if not drawn:
             try:
                 import matplotlib  # noqa: F401

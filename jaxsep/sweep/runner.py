@@ -7,13 +7,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from jaxsep.sweep.factorize import _no_checkpoint, convert_point
-from jaxsep.sweep.latency import ensure_latency
 from jaxsep.sweep.report import _percent
 from jaxsep.sweep.spec import Point, Sweep, SweepError, _check_retrain, _stderr, select
+from jaxsep.sweep.speed import ensure_speed
 from jaxsep.sweep.state import CONVERSION_FILE, _write_record, point_state
 from jaxsep.train import run_folder
 
-__all__ = ["Outcome", "run_sweep"]
+__all__ = ["Outcome", "measure_sweep", "run_sweep"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Outcome:
     before), "trained" (started or resumed, and finished) or "failed" (``error`` says why)."""
 
     label: str
-    action: str
+    action: str  # measure_sweep: "measured" or "skipped"
     error: str | None = None
 
 
@@ -42,9 +42,9 @@ def run_sweep(
     checkpoint), stops the sweep before anything is trained. Finished points are skipped,
     those finished in their record too; started ones are resumed by
     :func:`jaxsep.train.train_and_evaluate`. Each point that finishes (and each finished one
-    skipped) gets its record (see ``docs/sweeps.md``). With ``sweep.measure_latency``, each
-    finished point (trained now or before) whose latency is not on record has it measured
-    right after, before the next point trains (:func:`jaxsep.sweep.latency.ensure_latency`).
+    skipped) gets its record (see ``docs/sweeps.md``). With ``sweep.measure_speed``, each
+    finished point (trained now or before) whose speed is not on record has it measured
+    right after, before the next point trains (:func:`jaxsep.sweep.speed.ensure_speed`).
 
     Args:
       sweep: from :func:`load_sweep`.
@@ -80,8 +80,8 @@ def run_sweep(
                 raise SweepError(_no_checkpoint(point, source))
 
     def after(point: Point, state: str) -> None:
-        """A finished point's latency, measured now that nothing trains, then recorded."""
-        if sweep.measure_latency and ensure_latency(point, state, log=log) and state == "finished":
+        """A finished point's speed, measured now that nothing trains, then recorded."""
+        if sweep.measure_speed and ensure_speed(point, state, log=log) and state == "finished":
             _write_record(point)
 
     outcomes = []
@@ -121,4 +121,38 @@ def run_sweep(
         _write_record(point)
         outcomes.append(Outcome(point.label, "trained"))
         after(point, "finished")
+    return outcomes
+
+
+def measure_sweep(
+    sweep: Sweep,
+    *,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> list[Outcome]:
+    """Measures the speed (:func:`jaxsep.sweep.speed.measure_speed`) of every finished point
+    (or those in ``only``) again, overwriting what is on record; trains nothing.
+
+    The speeds a report compares should be measured in one sitting on an otherwise idle
+    machine (a virtual machine's speed drifts between days), while training, which takes
+    hours, may share the machine; this is that sitting. Points not finished are skipped
+    (their speed is measured when they finish, or by the next ``measure_sweep``).
+
+    Returns:
+      One :class:`Outcome` per selected point: "measured" or "skipped".
+    """
+    outcomes = []
+    points = select(sweep, only)
+    for number, point in enumerate(points, 1):
+        prefix = f"[{number}/{len(points)}] {sweep.id}/{point.label}"
+        state = point_state(point)
+        if state not in ("finished", "recorded"):
+            log(f"{prefix}: not finished ({state}), not measured")
+            outcomes.append(Outcome(point.label, "skipped"))
+            continue
+        log(f"{prefix}: measuring its speed")
+        ensure_speed(point, state, log=log, again=True)
+        if state == "finished":
+            _write_record(point)
+        outcomes.append(Outcome(point.label, "measured"))
     return outcomes

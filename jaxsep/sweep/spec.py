@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 SECTIONS = ("sweep", "base", "grid", "points", "presets")
-HEAD_KEYS = ("name", "description", "measure_latency")  # the keys of [sweep]
+HEAD_KEYS = ("name", "description", "measure_speed")  # the keys of [sweep]
 # Keys of a [[points]] entry that are the sweep's, not TrainConfig fields.
 POINT_KEYS = ("label", "init_from", "factorize")
 # Fields the sweep sets itself.
@@ -88,8 +88,9 @@ class Sweep:
       runs_dir: the folder holding ``<id>/<label>/`` run folders.
       source: the file it was read from (None when built from a dict).
       results_dir: the folder of the result files and of the ``<id>/<label>/`` records.
-      measure_latency: ``[sweep] measure_latency``: measure each finished point's inference
-        latency (:mod:`jaxsep.sweep.latency`) and report speed beside multiply-adds.
+      measure_speed: ``[sweep] measure_speed``: measure each finished point's inference
+        latency and training speed (:mod:`jaxsep.sweep.speed`) and report them beside
+        multiply-adds.
     """
 
     name: str
@@ -99,7 +100,7 @@ class Sweep:
     runs_dir: Path
     source: Path | None = None
     results_dir: Path = Path(DEFAULT_RESULTS_DIR)
-    measure_latency: bool = False
+    measure_speed: bool = False
 
     @property
     def id(self) -> str:
@@ -213,10 +214,10 @@ def sweep_from_dict(
     description = head.get("description", "")
     if not isinstance(description, str):
         raise SweepError(f"{where}[sweep] description must be a string, but got {description!r}")
-    measure_latency = head.get("measure_latency", False)
-    if not isinstance(measure_latency, bool):
+    measure_speed = head.get("measure_speed", False)
+    if not isinstance(measure_speed, bool):
         raise SweepError(
-            f"{where}[sweep] measure_latency must be true or false, but got {measure_latency!r}"
+            f"{where}[sweep] measure_speed must be true or false, but got {measure_speed!r}"
         )
 
     def check_fields(values: Mapping[str, Any], table: str, allowed_extra: Iterable[str] = ()):
@@ -338,7 +339,7 @@ def sweep_from_dict(
         points.append(Point(label, overrides, config, init_from, factorize,
                             results_dir / sweep_id / label))
     return Sweep(name, preset, description, tuple(points), runs_dir, source, results_dir,
-                 measure_latency)
+                 measure_speed)
 
 
 def _check_factorize_source(where: str, label: str, config: Any, source: Any) -> None:

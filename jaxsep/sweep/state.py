@@ -10,13 +10,13 @@ from jaxsep._io import atomic_write
 from jaxsep.sweep.spec import Point, SweepError
 from jaxsep.train import run_folder
 
-__all__ = ["CONVERSION_FILE", "LATENCY_FILE", "RECORD_FILES", "point_state"]
+__all__ = ["CONVERSION_FILE", "SPEED_FILE", "RECORD_FILES", "point_state"]
 
 CONVERSION_FILE = "conversion.json"  # a factorized point's conversion record
-LATENCY_FILE = "latency.json"  # a point's inference latency (jaxsep.sweep.latency)
+SPEED_FILE = "speed.json"  # a point's inference latency (jaxsep.sweep.speed)
 # A run's files that its record keeps (those present), summary.json last: a record is complete
 # once it has one (see _write_record).
-RECORD_FILES = (run_folder.CONFIG_FILE, run_folder.METRICS_FILE, CONVERSION_FILE, LATENCY_FILE,
+RECORD_FILES = (run_folder.CONFIG_FILE, run_folder.METRICS_FILE, CONVERSION_FILE, SPEED_FILE,
                 run_folder.SUMMARY_FILE)
 
 
@@ -75,7 +75,7 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def _write_record(point: Point) -> bool:
     """Makes the point's record folder a copy of its run folder's RECORD_FILES (each written
-    atomically; a file the run lacks is removed, but for the latency.json of a record of the
+    atomically; a file the run lacks is removed, but for the speed.json of a record of the
     same run) when the run has finished and the two differ; returns whether anything was
     written. ``summary.json`` goes first and comes back last, so a record cut short is never
     taken for a finished one."""
@@ -83,10 +83,10 @@ def _write_record(point: Point) -> bool:
         return False
     wanted = {name: _read_bytes(point.out / name) for name in RECORD_FILES}
     config = run_folder.CONFIG_FILE
-    if wanted[LATENCY_FILE] is None and wanted[config] == _read_bytes(point.record / config):
-        # measured after the run (jaxsep.sweep.latency), maybe from the record alone: a
+    if wanted[SPEED_FILE] is None and wanted[config] == _read_bytes(point.record / config):
+        # measured after the run (jaxsep.sweep.speed), maybe from the record alone: a
         # record of the same run keeps it
-        wanted[LATENCY_FILE] = _read_bytes(point.record / LATENCY_FILE)
+        wanted[SPEED_FILE] = _read_bytes(point.record / SPEED_FILE)
     if wanted == {name: _read_bytes(point.record / name) for name in RECORD_FILES}:
         return False
     (point.record / run_folder.SUMMARY_FILE).unlink(missing_ok=True)
