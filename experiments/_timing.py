@@ -24,7 +24,7 @@ import jax
 import jaxsep
 from jaxsep import host_memory
 from jaxsep._io import atomic_write
-from jaxsep.sweep.latency import cpu_model as _cpu_model, time_block  # shared with sweeps
+from jaxsep.sweep.speed import cpu_model as _cpu_model, time_block  # shared with sweeps
 
 
 def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
