@@ -104,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"compilations, {sum(result['compile_seconds']):.1f} s, "
                   f"{result['cache_hits']} cache hits)", flush=True)
 
+    # JAXSEP_AUTOTUNE=0 keeps auto's fixed rules: the cold run then measures nothing
+    autotune = os.environ.get("JAXSEP_AUTOTUNE", "") != "0"
     report = {"device": _timing.device_description(), "jax": _timing.jax.__version__,
-              "flags": args.flags, "runs": runs,
-              "command": "python experiments/bench_startup.py " + " ".join(
+              "flags": args.flags, "autotune": autotune, "runs": runs,
+              "command": ("" if autotune else "JAXSEP_AUTOTUNE=0 ")
+              + "python experiments/bench_startup.py " + " ".join(
                   shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}
     rows = "\n".join(
         f"| {r['kind']} | {r['first_step_seconds']:.1f} | {r['import_seconds']:.1f} | "
@@ -114,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(r['compile_seconds'], default=0):.1f} | {r['cache_hits']} |" for r in runs)
     table = (
         f"# Start-up of jaxsep train ({report['device']})\n\n"
-        f"jax {report['jax']}; flags `{args.flags}`. Command: `{report['command']}`.\n\n"
+        f"jax {report['jax']}; flags `{args.flags}`; `impl=\"auto\"` "
+        + ("measures (autotune on)" if autotune else "by fixed rules (`JAXSEP_AUTOTUNE=0`)")
+        + f". Command: `{report['command']}`.\n\n"
         "| run | first step s | imports + set-up s | compilations | compile s | longest s | "
         "cache hits |\n|---|---|---|---|---|---|---|\n" + rows + "\n\n"
         "Seconds from process start to the end of the first training step. Cold: empty JAX "
