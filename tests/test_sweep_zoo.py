@@ -260,18 +260,25 @@ def test_latency_record_is_reused_on_resume(speed, monkeypatch):
     assert (point.out / "speed.json").read_bytes() == before
 
 
+def _fake_speed(calls, b1_ms, b128_ms, step_ms):
+    """A stand-in for measure_speed: records each point it is asked for, returns fixed
+    figures (batch 32, tiny_config's)."""
+    def fake(point):
+        calls.append(point.label)
+        return {"batches": {"1": {"ms": b1_ms}, "128": {"ms": b128_ms}},
+                "device": {"kind": "cpu"}, "processor": "test", "cpu_count": 2,
+                "load_average_before": [0.5, 0.5, 0.5],
+                "train": {"step_ms": step_ms, "images_per_second": 32e3 / step_ms}}
+
+    return fake
+
+
 def test_missing_latency_is_measured_once(speed, monkeypatch):
     point = speed["point"]
     saved = (point.out / "speed.json").read_bytes()
     calls = []
 
-    def fake(point):
-        calls.append(point.label)
-        return {"batches": {"1": {"ms": 1.5}, "128": {"ms": 40.0}}, "device": {"kind": "cpu"},
-                "processor": "test", "cpu_count": 2, "load_average_before": [0.5, 0.5, 0.5],
-                "train": {"step_ms": 100.0, "images_per_second": 320.0}}
-
-    monkeypatch.setattr(jspeed, "measure_speed", fake)
+    monkeypatch.setattr(jspeed, "measure_speed", _fake_speed(calls, 1.5, 40.0, 100.0))
     try:
         for folder in (point.out, point.record):
             (folder / "speed.json").unlink()
@@ -298,13 +305,7 @@ def test_measure_remeasures_every_finished_point(speed, monkeypatch):
     saved = (point.out / "speed.json").read_bytes()
     calls = []
 
-    def fake(point):
-        calls.append(point.label)
-        return {"batches": {"1": {"ms": 2.5}, "128": {"ms": 50.0}}, "device": {"kind": "cpu"},
-                "processor": "test", "cpu_count": 2, "load_average_before": [0.1, 0.1, 0.1],
-                "train": {"step_ms": 200.0, "images_per_second": 160.0}}
-
-    monkeypatch.setattr(jspeed, "measure_speed", fake)
+    monkeypatch.setattr(jspeed, "measure_speed", _fake_speed(calls, 2.5, 50.0, 200.0))
     try:
         code, log = run_sweep_cli(speed["path"], speed["folder"], "--measure")
         assert code == 0, log
