@@ -165,8 +165,9 @@ def measure_training(point: Point, *, warmup: int | None = None,
     num_classes = config.num_classes or 10  # the class count of both datasets
     timed = config.replace(
         dataset="synthetic", data_dir=None, max_train_examples=(warmup + steps + 1) * batch,
-        max_test_examples=config.max_test_examples or batch, num_classes=num_classes, epochs=1, eval_every=1,
-        checkpoint_every_steps=None, out=None, init_from=None, quiet=True,
+        max_test_examples=config.max_test_examples or batch, num_classes=num_classes,
+        epochs=1, eval_every=1, checkpoint_every_steps=None, out=None, init_from=None,
+        quiet=True,
     )
     timer = _StepTimer()
     summary = train_and_evaluate(timed, resume=False, hooks=[timer])
