@@ -1,5 +1,6 @@
 """Pure functions over a sweep's results: the training time a run took to reach a test
-accuracy (from its ``metrics.jsonl`` lines and, when measured, its step time) and Spearman's rank correlation (NumPy only).
+accuracy (from its ``metrics.jsonl`` lines and, when measured, its step time) and Spearman's
+rank correlation (NumPy only).
 
 The report uses them to set measured time beside multiply-adds (``docs/sweeps.md``, "Speed").
 """

@@ -113,7 +113,8 @@ def _row(point: Point, state: str) -> dict[str, Any]:
         seed=config.seed,
         run=str(point.out),
     )
-    summary = run_folder.read_json(folder / run_folder.SUMMARY_FILE) if state in ("finished", "recorded") else None
+    finished = state in ("finished", "recorded")
+    summary = run_folder.read_json(folder / run_folder.SUMMARY_FILE) if finished else None
     if summary is not None:
         row.update(
             status="finished",
@@ -145,7 +146,8 @@ def _row(point: Point, state: str) -> dict[str, Any]:
             row[field] = latency_ms(speed, batch)
     else:
         row["status"] = (
-            f"partial ({run_folder.epochs_done(point.out)}/{config.epochs} epochs)" if state == "partial"
+            f"partial ({run_folder.epochs_done(point.out)}/{config.epochs} epochs)"
+            if state == "partial"
             else "not run" if state == "new" else "other configuration in folder"
         )
         row["epochs"] = config.epochs
