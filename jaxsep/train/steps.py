@@ -15,6 +15,7 @@ global batch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -103,8 +104,17 @@ class StepSpec:
 
 
 def init_optimizer_state(spec: StepSpec, params: Any) -> Any:
-    """The optimizer state of ``params`` (zeros), for :func:`train_step`."""
-    return spec.transform(params).init(params)
+    """The optimizer state of ``params`` (zeros, replicated over ``spec``'s mesh), for
+    :func:`train_step`: one compiled program. Run eagerly, optax's ``init`` compiles one
+    small program per parameter shape (24 for MobileNetV1, ~1 s of a run's start even when
+    they come from the persistent compilation cache)."""
+    return _init_program(spec)(params)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_program(spec: StepSpec):
+    return jax.jit(lambda params: spec.transform(params).init(params),
+                   out_shardings=spec.replicated)
 
 
 def _inputs(spec: StepSpec, images_u8: jax.Array) -> jax.Array:
