@@ -18,11 +18,12 @@ __all__ = ["Outcome", "measure_sweep", "run_sweep"]
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What :func:`run_sweep` did with one point: ``action`` is "skipped" (finished
-    before), "trained" (started or resumed, and finished) or "failed" (``error`` says why)."""
+    """What :func:`run_sweep` or :func:`measure_sweep` did with one point: ``action`` is
+    "skipped" (run_sweep: finished before; measure_sweep: not finished), "trained" (started
+    or resumed, and finished), "measured", or "failed" (``error`` says why)."""
 
     label: str
-    action: str  # measure_sweep: "measured" or "skipped"
+    action: str
     error: str | None = None
 
 
