@@ -17,7 +17,6 @@ from flax import nnx
 from jaxsep import models
 from jaxsep._io import atomic_write
 from jaxsep.summary import summary as model_summary
-from jaxsep.sweep.speed import latency_ms, read_speed, step_seconds
 from jaxsep.sweep.measures import (
     ACCURACY_TARGETS,
     LATENCY_BATCHES,
@@ -36,6 +35,7 @@ from jaxsep.sweep.spec import (
     _stderr,
     select,
 )
+from jaxsep.sweep.speed import latency_ms, read_speed, step_seconds
 from jaxsep.sweep.state import CONVERSION_FILE, _state_or_foreign, _write_record, point_state
 from jaxsep.train import run_folder
 from jaxsep.train.model_from_config import model_options
@@ -300,7 +300,6 @@ def _markdown(
                       "step time measured apart (`speed.json`): optimizer steps times that "
                       "step time, not the run's own clock, which counts whatever else the "
                       "machine ran during the hours of training.")
-    if sweep.measure_speed:
         lines += ["", *_speed_lines(latencies, rows)]
     if png is not None:
         lines += ["", f"![test accuracy against parameters and multiply-adds]({png})"]

@@ -13,7 +13,7 @@ from jaxsep.train import run_folder
 __all__ = ["CONVERSION_FILE", "SPEED_FILE", "RECORD_FILES", "point_state"]
 
 CONVERSION_FILE = "conversion.json"  # a factorized point's conversion record
-SPEED_FILE = "speed.json"  # a point's inference latency (jaxsep.sweep.speed)
+SPEED_FILE = "speed.json"  # a point's latency and training speed (jaxsep.sweep.speed)
 # A run's files that its record keeps (those present), summary.json last: a record is complete
 # once it has one (see _write_record).
 RECORD_FILES = (run_folder.CONFIG_FILE, run_folder.METRICS_FILE, CONVERSION_FILE, SPEED_FILE,
