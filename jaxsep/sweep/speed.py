@@ -59,7 +59,9 @@ BLOCK_S = 0.5  # fast calls get longer blocks, up to MAX_CALLS, so a block lasts
 WARMUP_STEPS = 10  # training steps run before the timed ones: the first ~8 can run 1.8x slower
 # (MobileNetV1 x0.5 on the 2-core EPYC: 245 ms, then 137 ms per step) while the allocator and
 # caches warm up
-TIMED_STEPS = 12  # training steps timed; the figure is their median
+TIMED_STEPS = 30  # training steps timed; the figure is their median. Steps spread widely on a
+# virtual machine (MobileNetV2 x1.0, 40 steps on the idle 2-core EPYC: 1.41-2.46 s after the
+# first), so 12 steps gave medians 10-20% off the run's sustained speed
 
 
 def time_block(call: Callable[[], None], calls: int) -> list[float]:
