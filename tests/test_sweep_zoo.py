@@ -186,6 +186,8 @@ def test_speed_is_measured_after_training_and_recorded(speed):
     assert speed["code"] == 0, speed["log"]
     point = speed["point"]
     assert any(f"{LABEL}: inference latency batch 1: " in line for line in speed["log"])
+    # the measuring run's own harness lines (no run folder: "(no out)") are not shown
+    assert not any("(no out)" in line for line in speed["log"]), speed["log"]
     record = json.loads((point.out / "speed.json").read_text())
     assert (point.record / "speed.json").read_bytes() == (point.out / "speed.json").read_bytes()
     assert sorted(record["batches"]) == ["1", "128"]

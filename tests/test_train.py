@@ -86,6 +86,25 @@ def test_config_type_errors_and_unknown_fields():
         TrainConfig.from_dict({"learning_rate": 0.1})
 
 
+def test_run_log_lines_shown_unless_the_application_chose(capsys):
+    """visible_logs shows jaxsep.train's INFO lines on stderr when logging is unconfigured,
+    and keeps an application's own level for that logger."""
+    from jaxsep.train import runtime
+
+    logger = runtime.logger
+    assert logger.level == 0  # NOTSET: nobody chose
+    with runtime.visible_logs():
+        logger.info("shown %d", 1)
+    logger.setLevel("WARNING")
+    try:
+        with runtime.visible_logs():
+            logger.info("hidden")
+    finally:
+        logger.setLevel(0)
+    err = capsys.readouterr().err
+    assert "shown 1" in err and "hidden" not in err
+
+
 def test_optimizer_defaults():
     assert TrainConfig().resolved_lr == 0.1
     assert TrainConfig().resolved_weight_decay == 5e-4

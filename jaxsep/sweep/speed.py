@@ -15,13 +15,15 @@ on synthetic data of the point's shapes, the point's recipe), timed step by step
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import logging
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,18 @@ class _StepTimer:
         self.times.append(time.perf_counter())
 
 
+@contextlib.contextmanager
+def _quiet_training_log() -> Iterator[None]:
+    """Hides the harness's INFO lines (``jaxsep.train``'s logger) inside the block."""
+    train_logger = logging.getLogger("jaxsep.train")
+    level = train_logger.level
+    train_logger.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        train_logger.setLevel(level)
+
+
 def measure_training(point: Point, *, warmup: int | None = None,
                      steps: int | None = None) -> dict[str, Any]:
     """Measures the training speed of ``point``'s configuration: the harness
@@ -172,7 +186,8 @@ def measure_training(point: Point, *, warmup: int | None = None,
         quiet=True,
     )
     timer = _StepTimer()
-    summary = train_and_evaluate(timed, resume=False, hooks=[timer])
+    with _quiet_training_log():  # a throwaway run: its epoch and summary lines say nothing
+        summary = train_and_evaluate(timed, resume=False, hooks=[timer])
     intervals = np.diff(timer.times)[warmup:]  # interval i: the time of step i (0-based)
     median = float(np.median(intervals))
     return {

@@ -121,9 +121,13 @@ class _StdErrHandler(logging.StreamHandler):
 
 @contextlib.contextmanager
 def visible_logs() -> Iterator[None]:
-    """Makes the run's INFO lines visible when nobody configured logging."""
-    if logger.hasHandlers() and logger.getEffectiveLevel() <= logging.INFO:
-        yield  # the application configured logging to show INFO
+    """Makes the run's INFO lines visible when nobody configured logging: an application
+    that set the ``jaxsep.train`` logger's level, or that shows INFO lines itself, keeps its
+    choice."""
+    if logger.level != logging.NOTSET or (
+        logger.hasHandlers() and logger.getEffectiveLevel() <= logging.INFO
+    ):
+        yield
         return
     handler = _StdErrHandler()
     logger.addHandler(handler)
