@@ -38,9 +38,17 @@ start = float(sys.argv[1])  # the parent's wall clock when it started this proce
 import jax
 from jax import monitoring
 compiles = []
-monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **_: compiles.append(duration)
-    if event == "/jax/core/compile/backend_compile_duration" else None)
+steps = {}  # the train step's trace, lowering and compile (a cache hit: its retrieval)
+PHASES = {"/jax/core/compile/jaxpr_trace_duration": ("trace", "train_step"),
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": ("lower", "jit(train_step)"),
+          "/jax/core/compile/backend_compile_duration": ("compile", "jit(train_step)")}
+def on_duration(event, duration, fun_name=None, **_):
+    if event == "/jax/core/compile/backend_compile_duration":
+        compiles.append(duration)
+    phase, name = PHASES.get(event, (None, None))
+    if phase is not None and fun_name == name:
+        steps[phase] = steps.get(phase, 0.0) + duration
+monitoring.register_event_duration_secs_listener(on_duration)
 hits = []
 monitoring.register_event_listener(
     lambda event, **_: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
@@ -56,13 +64,15 @@ def first_step(step, loop):
         float(step.loss)
         first["seconds"] = time.time() - start
         first["compiles"] = list(compiles)
+        first["train_step"] = dict(steps)
         loop.request_stop()
 try:
     train.train_and_evaluate(config, hooks=[first_step])
 except train.TrainingInterrupted:
     pass
 print(json.dumps({"import_seconds": imported, "first_step_seconds": first["seconds"],
-                  "compile_seconds": first["compiles"], "cache_hits": len(hits)}))
+                  "compile_seconds": first["compiles"], "cache_hits": len(hits),
+                  "train_step_seconds": first["train_step"]}))
 """
 
 
@@ -111,19 +121,28 @@ def main(argv: list[str] | None = None) -> int:
               "command": ("" if autotune else "JAXSEP_AUTOTUNE=0 ")
               + "python experiments/bench_startup.py " + " ".join(
                   shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}
+    def step_phases(run: dict) -> str:
+        phases = run["train_step_seconds"]
+        return " / ".join(f"{phases.get(p, 0.0):.1f}" for p in ("trace", "lower", "compile"))
+
     rows = "\n".join(
         f"| {r['kind']} | {r['first_step_seconds']:.1f} | {r['import_seconds']:.1f} | "
         f"{len(r['compile_seconds'])} | {sum(r['compile_seconds']):.1f} | "
-        f"{max(r['compile_seconds'], default=0):.1f} | {r['cache_hits']} |" for r in runs)
+        f"{max(r['compile_seconds'], default=0):.1f} | {r['cache_hits']} | {step_phases(r)} |"
+        for r in runs)
     table = (
         f"# Start-up of jaxsep train ({report['device']})\n\n"
         f"jax {report['jax']}; flags `{args.flags}`; `impl=\"auto\"` "
         + ("measures (autotune on)" if autotune else "by fixed rules (`JAXSEP_AUTOTUNE=0`)")
         + f". Command: `{report['command']}`.\n\n"
         "| run | first step s | imports + set-up s | compilations | compile s | longest s | "
-        "cache hits |\n|---|---|---|---|---|---|---|\n" + rows + "\n\n"
+        "cache hits | train step: trace / lower / compile s |\n"
+        "|---|---|---|---|---|---|---|---|\n" + rows + "\n\n"
         "Seconds from process start to the end of the first training step. Cold: empty JAX "
-        "compilation cache and autotune cache; warm: the caches the runs before filled.\n")
+        "compilation cache and autotune cache; warm: the caches the runs before filled. The "
+        "train step's phases (jax.monitoring): tracing to a jaxpr (with autotune's "
+        "measurements when it measures), lowering to StableHLO, and XLA's compile, which on "
+        "a cache hit is the retrieval of the compiled program.\n")
     _timing.write_report(args.out, f"bench_startup_{_timing.jax.default_backend()}", report,
                          table)
     return 0

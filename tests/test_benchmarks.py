@@ -80,6 +80,9 @@ def test_bench_startup_cold_then_warm(tmp_path):
     assert (cold["kind"], warm["kind"]) == ("cold", "warm")
     assert cold["cache_hits"] == 0 and warm["cache_hits"] >= 2  # init and the train step
     assert "| warm |" in table and report["device"] in table
+    for run in report["runs"]:  # the train step was traced, lowered and compiled (or fetched)
+        assert sorted(run["train_step_seconds"]) == ["compile", "lower", "trace"]
+        assert min(run["train_step_seconds"].values()) > 0
 
 
 def test_guidelines_quick(tmp_path):
