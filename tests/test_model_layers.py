@@ -229,3 +229,31 @@ def test_blocks_of_the_newer_families_get_every_gradient():
     assert len(flat) == sum(len(jax.tree.leaves(nnx.state(b, nnx.Param))) for b in blocks)
     for path, g in flat:
         assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_shuffle_unit_gradients_equal_across_lowerings(strides):
+    """A ShuffleNet (v1) unit in train mode: grouped 1x1 convolutions, channel shuffle and a
+    depthwise convolution with ``impl="auto"`` (the fixed rules here) give XLA's gradients.
+    The BatchNorms make some gradients small differences of large terms, so the tolerance is
+    float32 rounding relative to the largest gradient of the unit; the depthwise BatchNorm's
+    bias has a true gradient of zero (the second 1x1's BatchNorm removes any per-channel
+    shift), and both lowerings give it as rounding noise."""
+    out = 24 if strides == 1 else 48
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 24))
+
+    @nnx.jit
+    def grads(unit, x):
+        return nnx.grad(lambda unit: jnp.sum(jnp.sin(unit(x))))(unit)
+
+    by_impl = {}
+    for impl in ("auto", "xla"):
+        unit = build(models.ShuffleUnit, 24, out, groups=3, strides=strides, impl=impl)
+        unit.train()
+        by_impl[impl] = jax.tree_util.tree_flatten_with_path(grads(unit, x))[0]
+    scale = max(float(np.abs(g).max()) for _, g in by_impl["xla"])
+    for (path, g_auto), (_, g_xla) in zip(by_impl["auto"], by_impl["xla"]):
+        name = jax.tree_util.keystr(path)
+        np.testing.assert_allclose(g_auto, g_xla, rtol=0, atol=1e-5 * scale, err_msg=name)
+        if "depthwise" in name and "norm" in name and "bias" in name:
+            assert np.abs(g_xla).max() <= 1e-5 * scale, name
