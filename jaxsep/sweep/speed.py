@@ -39,7 +39,7 @@ from jaxsep.sweep.spec import STORED_RESOLUTION, Point
 from jaxsep.sweep.state import SPEED_FILE
 from jaxsep.train import run_folder
 from jaxsep.train.model_from_config import abstract_model, init_program, model_options
-from jaxsep.train.runtime import describe_devices
+from jaxsep.train.runtime import describe_devices, logger as train_logger
 from jaxsep.train.steps import DATA_AXIS
 
 __all__ = [
@@ -145,7 +145,6 @@ class _StepTimer:
 @contextlib.contextmanager
 def _quiet_training_log() -> Iterator[None]:
     """Hides the harness's INFO lines (``jaxsep.train``'s logger) inside the block."""
-    train_logger = logging.getLogger("jaxsep.train")
     level = train_logger.level
     train_logger.setLevel(max(logging.WARNING, level))
     try:
