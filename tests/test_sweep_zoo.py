@@ -107,6 +107,35 @@ def test_correlations_of_multiply_adds_with_measured_time():
     }
 
 
+def test_pareto_front_hand_case():
+    points = [("slow-good", 10.0, 0.90), ("fast-poor", 1.0, 0.60), ("dominated", 5.0, 0.55),
+              ("tie-cost-worse", 1.0, 0.50), ("mid", 4.0, 0.80), ("same-acc-dearer", 6.0, 0.80),
+              ("cheap-start", 0.5, 0.60)]
+    front = jsweep.pareto_front(points)
+    # fast-poor costs more than cheap-start for the same accuracy: off the front too
+    assert [name for name, _, _ in front] == ["cheap-start", "mid", "slow-good"]
+    assert [a for _, _, a in front] == sorted(a for _, _, a in front)
+    assert jsweep.pareto_front([]) == []
+    with pytest.raises(ValueError, match="'x'.*NaN"):
+        jsweep.pareto_front([("x", float("nan"), 0.5)])
+
+
+def test_front_text_names_the_points_worth_their_cost():
+    def row(label, seconds, b1, accuracy, status="finished"):
+        return {"label": label, "status": status, "train_seconds": seconds,
+                "latency_ms_batch1": b1, "best_test_accuracy": accuracy}
+
+    rows = [row("a", 600.0, 2.0, 0.75), row("b", 1800.0, 1.0, 0.82),
+            row("c", 7200.0, 5.0, 0.83), row("d", 900.0, 3.0, 0.70),
+            row("e", 60.0, 0.5, 0.99, status="partial (1/8 epochs)"),  # not finished
+            row("f", None, None, 0.95)]  # not measured
+    text = jsweep.front_text(rows)
+    assert "by training time: a (0:10, 75.00%), b (0:30, 82.00%), c (2:00, 83.00%);" in text
+    assert "by inference latency at batch 1: b (1 ms, 82.00%), c (5 ms, 83.00%)." in text
+    assert jsweep.front_text([]).endswith("by training time: -; by inference latency at "
+                                          "batch 1: -.")
+
+
 # --------------------------------------------------------------------------------------------
 # The zoo sweep file
 
@@ -225,6 +254,9 @@ def test_speed_columns_and_figure(speed):
            "at batch 1 - (n=1)" in markdown  # one point: undefined
     assert "1-minute load average before measuring" in markdown
     assert "optimizer steps times that step time" in markdown
+    label = speed["point"].label  # the one point is the whole front
+    assert f"by training time: {label} (" in markdown
+    assert f"by inference latency at batch 1: {label} (" in markdown
     assert any(line.startswith("jaxsep sweep: Spearman rank correlation of multiply-adds")
                for line in speed["log"])  # the command states it too
     figure = "![test accuracy against multiply-adds and measured time](speed_cpu_speed.png)"

@@ -9,7 +9,7 @@ Modules: :mod:`~jaxsep.sweep.spec` (the sweep file), :mod:`~jaxsep.sweep.state` 
 states and records), :mod:`~jaxsep.sweep.runner` (``run_sweep``),
 :mod:`~jaxsep.sweep.factorize` (factorized points), :mod:`~jaxsep.sweep.speed` (a point's
 measured latency and training speed), :mod:`~jaxsep.sweep.measures` (time to an accuracy, rank
-correlation), :mod:`~jaxsep.sweep.report` (CSV, Markdown, dry run),
+correlation, Pareto front), :mod:`~jaxsep.sweep.report` (CSV, Markdown, dry run),
 :mod:`~jaxsep.sweep.plots` (its figures) and :mod:`~jaxsep.sweep.command` (the subcommand).
 """
 
@@ -25,6 +25,7 @@ from jaxsep.sweep.speed import (
 from jaxsep.sweep.measures import (
     ACCURACY_TARGETS as ACCURACY_TARGETS,
     LATENCY_BATCHES as LATENCY_BATCHES,
+    pareto_front as pareto_front,
     spearman as spearman,
     time_to_accuracy as time_to_accuracy,
 )
@@ -36,6 +37,7 @@ from jaxsep.sweep.report import (
     _shared_and_varying as _shared_and_varying,
     collect as collect,
     correlations as correlations,
+    front_text as front_text,
     dry_run_table as dry_run_table,
     point_costs as point_costs,
 )
@@ -76,11 +78,13 @@ __all__ = [
     "collect",
     "convert_point",
     "correlations",
+    "front_text",
     "dry_run_table",
     "load_sweep",
     "measure_speed",
     "measure_training",
     "model_options",
+    "pareto_front",
     "point_costs",
     "point_state",
     "run_sweep",

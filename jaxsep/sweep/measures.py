@@ -1,6 +1,7 @@
 """Pure functions over a sweep's results: the training time a run took to reach a test
-accuracy (from its ``metrics.jsonl`` lines and, when measured, its step time) and Spearman's
-rank correlation (NumPy only).
+accuracy (from its ``metrics.jsonl`` lines and, when measured, its step time), Spearman's
+rank correlation, and the points worth their cost (the Pareto front of accuracy against a
+cost); NumPy only.
 
 The report uses them to set measured time beside multiply-adds (``docs/sweeps.md``, "Speed").
 """
@@ -19,6 +20,7 @@ __all__ = [
     "LATENCY_BATCHES",
     "MEASURED_TIMES",
     "average_ranks",
+    "pareto_front",
     "spearman",
     "time_to_accuracy",
 ]
@@ -109,3 +111,23 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if norm == 0:
         return None
     return float((rx * ry).sum() / norm)
+
+
+def pareto_front(points: Iterable[tuple[Any, float, float]]) -> list[tuple[Any, float, float]]:
+    """The ``(name, cost, accuracy)`` points that no other point beats: none costs at most as
+    much and is more accurate, or costs less and is at least as accurate. Sorted by cost, so
+    accuracy rises along the list; for a budget, the last point that costs at most the budget
+    is the most accurate one it affords. NaN is a ValueError.
+    """
+    points = list(points)
+    for name, cost, accuracy in points:
+        if np.isnan(cost) or np.isnan(accuracy):
+            raise ValueError(f"pareto_front: point {name!r} has NaN cost or accuracy "
+                             f"({cost!r}, {accuracy!r})")
+    front: list[tuple[Any, float, float]] = []
+    # Cheapest first, the more accurate first among equal costs: a point is on the front
+    # exactly when it is more accurate than every point before it.
+    for point in sorted(points, key=lambda p: (p[1], -p[2])):
+        if not front or point[2] > front[-1][2]:
+            front.append(point)
+    return front

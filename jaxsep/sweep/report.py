@@ -21,6 +21,7 @@ from jaxsep.sweep.measures import (
     ACCURACY_TARGETS,
     LATENCY_BATCHES,
     MEASURED_TIMES,
+    pareto_front,
     spearman,
     time_to_accuracy,
 )
@@ -348,7 +349,33 @@ def _speed_lines(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[st
             note += (f"; 1-minute load average before measuring {min(loads):.2f} to "
                      f"{max(loads):.2f}")
         note += "."
-    return [note, "", correlation_text(rows)]
+    return [note, "", correlation_text(rows), "", front_text(rows)]
+
+
+# The costs a user may have a budget in: (words, the value of a report row, its format).
+_BUDGETS = (
+    ("training time", lambda row: row["train_seconds"], _duration),
+    ("inference latency at batch 1",
+     lambda row: row[f"latency_ms_batch{LATENCY_BATCHES[0]}"],
+     lambda ms: f"{_milliseconds(ms)} ms"),
+)
+
+
+def front_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence per cost of :data:`_BUDGETS`: the finished points on the Pareto front of
+    best test accuracy against that cost (:func:`jaxsep.sweep.measures.pareto_front`),
+    cheapest first, so that a reader with a budget picks the last one within it."""
+    parts = []
+    for words, cost, formatted in _BUDGETS:
+        points = [(row["label"], cost(row), row["best_test_accuracy"]) for row in rows
+                  if row["status"] == "finished" and cost(row) is not None
+                  and row["best_test_accuracy"] is not None]
+        front = pareto_front(points)
+        listed = ", ".join(f"{label} ({formatted(c)}, {_percent(a)})" for label, c, a in front)
+        parts.append(f"by {words}: {listed or '-'}")
+    return ("Worth their cost (the Pareto front: no other finished point costs at most as much "
+            "and is more accurate; cheapest first, so within a budget pick the last one that "
+            "fits it) " + "; ".join(parts) + ".")
 
 
 @dataclasses.dataclass(frozen=True)
