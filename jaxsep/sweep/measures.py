@@ -117,7 +117,8 @@ def pareto_front(points: Iterable[tuple[Any, float, float]]) -> list[tuple[Any, 
     """The ``(name, cost, accuracy)`` points that no other point beats: none costs at most as
     much and is more accurate, or costs less and is at least as accurate. Sorted by cost, so
     accuracy rises along the list; for a budget, the last point that costs at most the budget
-    is the most accurate one it affords. NaN is a ValueError.
+    is the most accurate one it affords. Of points equal in both, the first is kept. NaN is a
+    ValueError.
     """
     points = list(points)
     for name, cost, accuracy in points:
