@@ -355,7 +355,7 @@ def _speed_lines(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[st
 # The costs a user may have a budget in: (words, the value of a report row, its format).
 _BUDGETS = (
     ("training time", lambda row: row["train_seconds"], _duration),
-    ("inference latency at batch 1",
+    (f"inference latency at batch {LATENCY_BATCHES[0]}",
      lambda row: row[f"latency_ms_batch{LATENCY_BATCHES[0]}"],
      lambda ms: f"{_milliseconds(ms)} ms"),
 )
