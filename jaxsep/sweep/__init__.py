@@ -37,8 +37,8 @@ from jaxsep.sweep.report import (
     _shared_and_varying as _shared_and_varying,
     collect as collect,
     correlations as correlations,
-    front_text as front_text,
     dry_run_table as dry_run_table,
+    front_text as front_text,
     point_costs as point_costs,
 )
 from jaxsep.sweep.runner import Outcome as Outcome, run_sweep as run_sweep
@@ -78,8 +78,8 @@ __all__ = [
     "collect",
     "convert_point",
     "correlations",
-    "front_text",
     "dry_run_table",
+    "front_text",
     "load_sweep",
     "measure_speed",
     "measure_training",
