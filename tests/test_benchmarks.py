@@ -106,3 +106,24 @@ def test_guidelines_quick(tmp_path):
     except ImportError:
         return
     assert (tmp_path / f"guidelines_{jax.default_backend()}.png").stat().st_size > 0
+
+
+def test_feature_scale_quick(tmp_path):
+    """Two zoo points built as the sweep builds them: one row each, in the zoo's order, with
+    the classifier's input width of each model and self-consistent statistics."""
+    result = subprocess.run(
+        [sys.executable, "experiments/feature_scale.py", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "feature_scale.json").read_text())
+    rows = report["rows"]
+    assert [(r["point"], r["feature_dim"]) for r in rows] == [
+        ("model=shufflenet_v1,width=0.5", 480), ("model=shufflenet_v2,width=0.5", 1024)]
+    for row in rows:
+        # the mean per-image norm is at most the root of the mean squared norm, RMS * sqrt(dim)
+        assert 0 < row["feature_norm"] <= row["feature_rms"] * row["feature_dim"] ** 0.5 * (1 + 1e-5)
+        assert row["classifier_relative_step"] > 0
+        assert 2.0 < row["loss_before"] < 2.7  # 10 classes at initialization: about ln 10
+    table = (tmp_path / "feature_scale.md").read_text()
+    assert "| model=shufflenet_v1,width=0.5 | 480 |" in table
