@@ -12,7 +12,8 @@ built exactly as the sweep builds it (its configuration, seed 0, train mode):
   norm per image;
 * the classifier kernel's relative step ``lr * |grad| / |kernel|`` at the recipe's rate;
 * the cross-entropy loss on the batch before and after one plain SGD step (learning rate
-  0.1, no momentum or weight decay: the first step of the recipe) on that same batch.
+  0.1, no momentum or weight decay: the first step of the recipe) on that same batch, both
+  forward passes with the same random masks (stochastic depth).
 
 The batch: 128 standard-normal 32x32 RGB images (the harness normalizes CIFAR-10 per
 channel, so real inputs have about this scale) with random labels, from fixed seeds. No
@@ -79,10 +80,14 @@ def measure(config, images: jax.Array, labels: jax.Array) -> dict:
 
     @nnx.jit
     def first_step(model, optimizer):
+        # The second forward pass draws the same random masks as the first (EfficientNet's
+        # stochastic depth is on in train mode), so that the two losses differ by the step.
+        keys = jax.tree.map(jnp.copy, nnx.state(model, nnx.RngState))
         (loss, features), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         kernel = model.classifier.classifier.kernel[...]
         kernel_grad = grads["classifier"]["classifier"]["kernel"][...]
         optimizer.update(model, grads)
+        nnx.update(model, keys)
         loss_after, _ = loss_fn(model)
         return {
             "feature_dim": jnp.asarray(features.shape[-1]),
