@@ -40,6 +40,8 @@ from jaxsep import models, sweep
 from jaxsep._io import atomic_write
 from jaxsep.train.model_from_config import model_kwargs
 
+from _timing import device_description
+
 HERE = Path(__file__).resolve().parent
 ZOO = HERE / "zoo.toml"
 LEARNING_RATE = 0.1  # the zoo recipe's
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"point": point.label, **measure(point.config, images, labels)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    device = jax.devices()[0].platform
+    device = device_description()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "feature_scale.json", json.dumps(
         {"learning_rate": LEARNING_RATE, "batch": BATCH, "device": device,
