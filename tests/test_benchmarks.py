@@ -127,3 +127,64 @@ def test_feature_scale_quick(tmp_path):
         assert 2.0 < row["loss_before"] < 2.7  # 10 classes at initialization: about ln 10
     table = (tmp_path / "feature_scale.md").read_text()
     assert "| model=shufflenet_v1,width=0.5 | 480 |" in table
+
+
+TINY_TRAINED = """
+[sweep]
+name = "tiny"
+
+[base]
+model = "mobilenet_v1"
+width = 0.25
+dataset = "synthetic"
+max_train_examples = 128
+max_test_examples = 40
+batch_size = 32
+epochs = 1
+augment = false
+
+[[points]]
+label = "only"
+
+[presets.cpu]
+"""
+
+
+def test_step_time_quick(tmp_path):
+    """A trained tiny point: every (weights, data) variant timed once, its steps counted,
+    the run's own clock read from its metrics."""
+    from jaxsep import sweep
+    from jaxsep.train import train_and_evaluate
+
+    (tmp_path / "tiny.toml").write_text(TINY_TRAINED)
+    point = sweep.load_sweep(tmp_path / "tiny.toml", runs_dir=tmp_path / "runs").point("only")
+    train_and_evaluate(point.config)
+    result = subprocess.run(
+        [sys.executable, "experiments/step_time.py", "--quick", "--sweep",
+         str(tmp_path / "tiny.toml"), "--point", "only", "--runs-dir", str(tmp_path / "runs"),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report, table = _report(tmp_path / "out", "step_time")
+    assert [(v["weights"], v["data"]) for v in report["variants"]] == [
+        ("init", "synthetic"), ("trained", "dataset"), ("trained", "synthetic"),
+        ("init", "dataset")]
+    for variant in report["variants"]:
+        assert [len(r) for r in variant["step_s"]] == [3]
+        assert 0 < variant["min_s"] <= variant["median_s"] <= variant["max_s"]
+    assert [r["epoch"] for r in report["run_clock"]] == [1]
+    assert report["run_clock"][0]["step_s"] > 0
+    assert "| trained | dataset |" in table
+
+
+def test_step_time_refuses_an_untrained_point(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TRAINED)
+    result = subprocess.run(
+        [sys.executable, "experiments/step_time.py", "--sweep", str(tmp_path / "tiny.toml"),
+         "--point", "only", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "no trained run in" in result.stderr and "train the point first" in result.stderr
+    assert not list(tmp_path.glob("step_time_*"))
