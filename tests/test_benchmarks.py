@@ -188,3 +188,19 @@ def test_step_time_refuses_an_untrained_point(tmp_path):
     assert result.returncode == 2
     assert "no trained run in" in result.stderr and "train the point first" in result.stderr
     assert not list(tmp_path.glob("step_time_*"))
+
+
+def test_bench_host_memory_quick(tmp_path):
+    """One process per malloc setting; each reports its steps, faults and CPU seconds."""
+    result = subprocess.run(
+        [sys.executable, "experiments/bench_host_memory.py", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report, table = _report(tmp_path, "bench_host_memory")
+    assert list(report["settings"]) == ["glibc defaults", "2 GiB thresholds", "jaxsep"]
+    for name, row in report["settings"].items():
+        assert [len(run["step_s"]) for run in row["runs"]] == [2]
+        assert row["minor_faults_per_step"] >= 0 and row["peak_rss_gib"] > 0
+        assert f"| {name} | " in table
+    assert report["settings"]["glibc defaults"]["speedup"] == 1.0
