@@ -188,6 +188,49 @@ def lowering_of(fn: Callable, *args) -> str:
     return "xla" if any(g > 1 for g in groups) else "split"
 
 
+def plain_trainer(model_name: str, width: float, batch: int, *, lr: float = 0.1,
+                  momentum: float = 0.9) -> tuple[float, Callable[[], None]]:
+    """The training step a JAX user writes who knows none of the tricks: ``nnx.jit`` over
+    ``nnx.Optimizer(optax.sgd(lr, momentum))`` and softmax cross-entropy, for
+    ``jaxsep.models.create(model_name, variant="cifar", width_multiplier=width)`` on one fixed
+    batch of ``batch`` standard-normal 32x32 NHWC images with random labels.
+
+    Returns:
+      (seconds of the first step, compilation included; a function running one synchronized
+      step).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from jaxsep import models
+
+    model = models.create(model_name, variant="cifar", width_multiplier=width)
+    optimizer = nnx.Optimizer(model, optax.sgd(lr, momentum=momentum), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch), dtype=jnp.int32)
+
+    def step() -> None:
+        train_step(model, optimizer, x, y).block_until_ready()
+
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start, step
+
+
 def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     """A table cell: ``value`` with ``digits`` decimals and ``suffix``, or "n/a" for None."""
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"

@@ -12,9 +12,10 @@ its own subprocess, the order rotated between rounds:
   a block over 2 GiB was still a fresh ``mmap``;
 * ``jaxsep``: what ``import jaxsep`` applies today (one arena, no ``mmap``, no trimming).
 
-Each child runs the plain loop a JAX user writes (``nnx.jit`` step, ``nnx.Optimizer`` with
-``optax.sgd(0.1, momentum=0.9)``, softmax cross-entropy, one fixed batch of ``--batch-size``
-32x32 images) over ``jaxsep.models.create(--model, variant="cifar", width_multiplier=--width)``
+Each child runs the plain loop a JAX user writes (``_timing.plain_trainer``: ``nnx.jit`` step,
+``nnx.Optimizer`` with ``optax.sgd(0.1, momentum=0.9)``, softmax cross-entropy, one fixed
+batch of ``--batch-size`` 32x32 images) over ``jaxsep.models.create(--model,
+variant="cifar", width_multiplier=--width)``
 for ``--warmup`` untimed steps and ``--steps`` timed ones, and reports each step's time, the
 minor page faults, user and system CPU seconds per timed step (``getrusage``) and the peak
 resident set. The children share a JAX compilation cache (a temporary folder), so only the
@@ -55,40 +56,18 @@ BASELINE = "glibc defaults"
 def child(args: argparse.Namespace) -> int:
     """One setting's process: the plain loop, timed; writes its figures as JSON."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-    from flax import nnx
 
     import jaxsep
-    from jaxsep import models
+    from _timing import plain_trainer
 
-    model = models.create(args.model, variant="cifar", width_multiplier=args.width)
-    optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((args.batch_size, 32, 32, 3), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, args.batch_size), dtype=jnp.int32)
-    start = time.perf_counter()
-    train_step(model, optimizer, x, y).block_until_ready()
-    first_step_s = time.perf_counter() - start
+    first_step_s, step = plain_trainer(args.model, args.width, args.batch_size)
     for _ in range(args.warmup):
-        train_step(model, optimizer, x, y).block_until_ready()
+        step()
     before = resource.getrusage(resource.RUSAGE_SELF)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        train_step(model, optimizer, x, y).block_until_ready()
+        step()
         times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
     Path(args.child).write_text(json.dumps({

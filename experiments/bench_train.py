@@ -72,6 +72,7 @@ from jaxsep.train import steps as S
 from jaxsep.train.optim import weight_decay_mask
 
 from _timing import (
+    plain_trainer,
     device_description,
     Rounds,
     write_report,
@@ -241,33 +242,6 @@ def _torch_trainer(width: float, batch: int, device: str = "cpu", *, nesterov: b
 # The plain loop: a user's own nnx.jit step, nothing set
 
 
-def _plain_trainer(width: float, batch: int):
-    """(seconds of the first step, a function running one synchronized step)."""
-    model = models.create("mobilenet_v1", variant="cifar", width_multiplier=width)
-    optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, batch), dtype=jnp.int32)
-
-    def step() -> None:
-        train_step(model, optimizer, x, y).block_until_ready()
-
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start, step
-
-
 def plain_child(args) -> int:
     """The subprocess of the plain-loop row: the plain loop and torch CL with the same
     optimizer, interleaved as in :func:`bench_width`; writes its rows as JSON."""
@@ -275,7 +249,8 @@ def plain_child(args) -> int:
     rows = {}
     for width in args.widths:
         trainers, first_s = {}, {}
-        first_s["plain loop"], trainers["plain loop"] = _plain_trainer(width, args.batch_size)
+        first_s["plain loop"], trainers["plain loop"] = plain_trainer(
+            "mobilenet_v1", width, args.batch_size, lr=LR, momentum=MOMENTUM)
         if torch_device:
             first_s["torch CL"], trainers["torch CL"] = _torch_trainer(
                 width, args.batch_size, torch_device, nesterov=False, weight_decay=0.0
