@@ -19,7 +19,7 @@ the run's own clock (each epoch's seconds per step, from its ``metrics.jsonl``).
 
     python experiments/step_time.py            # EfficientNet-B0 x0.5, ~10 min on 2 cores
     python experiments/step_time.py --point "model=mobilenet_v2,width=1.0"
-    python experiments/step_time.py --quick --sweep tiny.toml --runs-dir R --out /tmp/s  # smoke test
+    python experiments/step_time.py --quick --sweep tiny.toml --runs-dir R --out /tmp/s  # smoke
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ PyTorch's caching allocators do on GPU). Measured gains: ``docs/performance.md``
 ``import jaxsep`` calls it (so a user's own ``jax.jit`` loop gets it too), and so do ``jaxsep
 train``, ``sweep`` and ``eval``; ``JAXSEP_REUSE_HOST_MEMORY=0`` in the environment before the
 import opts out. Imported after the first JAX computation, it still keeps blocks off ``mmap``
-and the heap untrimmed, but threads that already allocated keep their arenas; starting the process
-with ``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES` covers every thread from the first.
+and the heap untrimmed, but threads that already allocated keep their arenas; starting the
+process with ``GLIBC_TUNABLES=`` :data:`GLIBC_TUNABLES` covers every thread from the first.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ fresh checkout never measures it again (``docs/sweeps.md``, "Speed").
 
 Neither depends on the trained weights (what a CPU computes does not depend on their values;
 ``experiments/step_time.py`` measured trained against fresh weights and CIFAR-10 against
-synthetic data: equal within 4%), so a point is measured apart from its training: right after it trains, or for every point in
-one sitting (``jaxsep sweep FILE --measure``) on an idle machine, while the long training runs
-may share the machine with other work.
+synthetic data: equal within 4%), so a point is measured apart from its training: right after
+it trains, or for every point in one sitting (``jaxsep sweep FILE --measure``) on an idle
+machine, while the long training runs may share the machine with other work.
 
 Inference runs as a JAX user would run it: eval mode, split with ``nnx.split`` and a plain
 ``jax.jit`` of ``nnx.merge(graphdef, state)(x)`` (XLA's default compiler options), on one
