@@ -5,8 +5,8 @@ The zoo sweep measures each point's training step apart from its training run
 (:func:`jaxsep.sweep.speed.measure_training`: the harness's step on synthetic data, freshly
 initialized weights), on the reasoning that what a CPU computes does not depend on the values.
 For EfficientNet-B0 x0.5 that measurement read 1.51 s per step where the run's own clock in
-its last epoch read 1.12 s. This script times the same harness step, in one process, for the
-four combinations of
+its last epoch read 1.12 s. This script times the same harness step, in one process
+(``measure_training(point, trained=..., real_data=...)``), for the four combinations of
 
 * weights: freshly initialized (the point's seed) or the trained run's best checkpoint
   (``init_from``: the sweep's run folder must hold it, so train the point first);
@@ -38,7 +38,6 @@ import jaxsep
 from jaxsep import sweep
 from jaxsep._io import atomic_write
 from jaxsep.sweep import speed
-from jaxsep.train import train_and_evaluate
 
 from _timing import device_description
 
@@ -46,26 +45,6 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_POINT = "model=efficientnet_b0,width=0.5"
 VARIANTS = (("init", "synthetic"), ("trained", "dataset"), ("trained", "synthetic"),
             ("init", "dataset"))
-
-
-def time_steps(point: sweep.Point, weights: str, data: str, warmup: int,
-               steps: int) -> list[float]:
-    """Seconds of each of ``steps`` harness steps after ``warmup`` untimed ones, the
-    sweep's method (:func:`jaxsep.sweep.speed.measure_training`) with the weights and the
-    data chosen."""
-    config = point.config
-    timed = config.replace(
-        dataset="synthetic" if data == "synthetic" else config.dataset,
-        data_dir=None if data == "synthetic" else config.data_dir,
-        max_train_examples=(warmup + steps + 1) * config.batch_size,
-        max_test_examples=config.batch_size, num_classes=config.num_classes or 10,
-        epochs=1, eval_every=1, checkpoint_every_steps=None, out=None, quiet=True,
-        init_from=str(point.out) if weights == "trained" else None,
-    )
-    timer = speed._StepTimer()
-    with speed._quiet_training_log():
-        train_and_evaluate(timed, resume=False, hooks=[timer])
-    return [float(t) for t in np.diff(timer.times)[warmup:]]
 
 
 def run_clock(point: sweep.Point) -> list[dict]:
@@ -150,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], list[list[float]]] = {v: [] for v in VARIANTS}
     for round_index in range(args.rounds):
         for weights, data in VARIANTS:
-            steps = time_steps(point, weights, data, args.warmup, args.steps)
+            steps = [t / 1e3 for t in speed.measure_training(
+                point, warmup=args.warmup, steps=args.steps, trained=weights == "trained",
+                real_data=data == "dataset")["step_ms_all"]]
             times[weights, data].append(steps)
             print(f"round {round_index + 1}: {weights} weights, {data} data: median "
                   f"{np.median(steps):.3f} s", flush=True)

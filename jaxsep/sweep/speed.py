@@ -154,8 +154,8 @@ def _quiet_training_log() -> Iterator[None]:
         train_logger.setLevel(level)
 
 
-def measure_training(point: Point, *, warmup: int | None = None,
-                     steps: int | None = None) -> dict[str, Any]:
+def measure_training(point: Point, *, warmup: int | None = None, steps: int | None = None,
+                     trained: bool = False, real_data: bool = False) -> dict[str, Any]:
     """Measures the training speed of ``point``'s configuration: the harness
     (:func:`jaxsep.train.train_and_evaluate`, its jitted step with the on-device batch gather
     and augmentation, on every device of the machine as the point trains) on synthetic data
@@ -167,6 +167,10 @@ def measure_training(point: Point, *, warmup: int | None = None,
       point: the sweep point (its recipe, batch size, model and options).
       warmup: steps before the timed ones (default :data:`WARMUP_STEPS`).
       steps: timed steps (default :data:`TIMED_STEPS`).
+      trained: start from the point's trained weights (its run folder's best checkpoint)
+        instead of its seed's initialization; ``real_data``: train on the point's own
+        dataset instead of synthetic images. Neither changes the speed (measured:
+        ``experiments/step_time.py``); both are there to check that.
 
     Returns:
       ``{"step_ms": the median step time, "images_per_second": batch / median,
@@ -180,10 +184,12 @@ def measure_training(point: Point, *, warmup: int | None = None,
     batch = config.batch_size
     num_classes = config.num_classes or 10  # the class count of both datasets
     timed = config.replace(
-        dataset="synthetic", data_dir=None, max_train_examples=(warmup + steps + 1) * batch,
+        dataset=config.dataset if real_data else "synthetic",
+        data_dir=config.data_dir if real_data else None,
+        max_train_examples=(warmup + steps + 1) * batch,
         max_test_examples=config.max_test_examples or batch, num_classes=num_classes,
-        epochs=1, eval_every=1, checkpoint_every_steps=None, out=None, init_from=None,
-        quiet=True,
+        epochs=1, eval_every=1, checkpoint_every_steps=None, out=None,
+        init_from=str(point.out) if trained else None, quiet=True,
     )
     timer = _StepTimer()
     with _quiet_training_log():  # a throwaway run: its epoch and summary lines say nothing
