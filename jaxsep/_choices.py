@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # Lowerings of depthwise_conv / separable_conv (and the modules and models that use them).
 IMPLS = ("auto", "xla", "taps")
+# Lowerings of conv (dense or grouped): lax's convolution, or im2col patches times the kernel.
+CONV_IMPLS = ("auto", "xla", "patches")
 # Lowerings of grouped_conv: IMPLS plus "split" (G dense convolutions on channel slices).
 GROUPED_IMPLS = ("auto", "xla", "split", "taps")
 # Stems and default input sizes of every model: 32x32 CIFAR or 224x224 ImageNet.

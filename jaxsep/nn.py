@@ -140,8 +140,8 @@ class Conv(nnx.Module):
         ``spatial_dims``.
       spatial_dims: 1, 2 or 3; required with an int ``kernel_size``.
       groups: ``G``, which must divide ``C`` and ``O``. Kernel ``(*K, C // G, O)``.
-      strides, padding, dilation, data_format, padding_mode, precision: as in
-        :func:`jaxsep.ops.conv`.
+      strides, padding, dilation, data_format, padding_mode, precision, impl: as in
+        :func:`jaxsep.ops.conv` (``impl`` "auto", "xla" or "patches").
       use_bias: add a ``(O,)`` bias.
       kernel_init, bias_init: initializers (LeCun normal over ``prod(K) * C // G``; zeros).
       dtype: the computation dtype; ``None`` promotes the input and the parameters.
@@ -177,12 +177,19 @@ class Conv(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
+        impl: ops.ConvImpl = "auto",
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
         self.in_features = v.check_int(name, "in_features", in_features)
         self.out_features = v.check_int(name, "out_features", out_features)
         self.groups = v.check_int(name, "groups", groups)
+        self.impl = v.check_impl(name, impl, ops.CONV_IMPLS)
+        if self.impl == "patches" and self.groups != 1:
+            raise ValueError(
+                f"{name}: impl='patches' computes dense convolutions only (groups=1), but got "
+                f"groups={self.groups}"
+            )
         v.check_divides(name, self.groups, f"in_features ({self.in_features})", self.in_features)
         v.check_divides(name, self.groups, f"out_features ({self.out_features})", self.out_features)
         _set_window(self, v.window_spec(
@@ -197,7 +204,7 @@ class Conv(nnx.Module):
         self.bias = _bias(use_bias, bias_init, rngs, self.out_features, param_dtype)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return ops.conv(x, kernel, groups=self.groups, **_window_kwargs(self))
+        return ops.conv(x, kernel, groups=self.groups, impl=self.impl, **_window_kwargs(self))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, *S, C) -> (N, *S', O)`` (channels-first per ``data_format``)."""
@@ -209,8 +216,8 @@ class GroupedConv(Conv):
     """A grouped convolution over :func:`jaxsep.ops.grouped_conv`; ``groups`` is required.
 
     Takes the arguments of :class:`Conv`, plus ``impl``: the lowering, "auto" (default),
-    "xla", "split" or "taps", as in :func:`jaxsep.ops.grouped_conv` (:class:`Conv` itself always
-    runs ``lax``'s grouped convolution). Kernel ``(*K, C // G, O)``; ``G = 1`` is the dense
+    "xla", "split" or "taps", as in :func:`jaxsep.ops.grouped_conv` (:class:`Conv` itself runs
+    ``lax``'s grouped convolution when ``groups > 1``). Kernel ``(*K, C // G, O)``; ``G = 1`` is the dense
     convolution, ``G = C = O`` the depthwise one.
 
     Example:

@@ -37,13 +37,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxsep import _validation as v
+from jaxsep._choices import CONV_IMPLS as CONV_IMPLS
 from jaxsep._choices import GROUPED_IMPLS as GROUPED_IMPLS, IMPLS as IMPLS
 from jaxsep._geometry import DIMENSION_NUMBERS as DIMENSION_NUMBERS
 from jaxsep._geometry import Geometry, channel_axis, pad_input
 from jaxsep._lowering import _TAPS_MAX_GROUP_WIDTH as _TAPS_MAX_GROUP_WIDTH
-from jaxsep._lowering import choose_depthwise_impl
+from jaxsep._lowering import choose_conv_impl, choose_depthwise_impl
 from jaxsep._lowering import choose_grouped_impl as choose_grouped_impl
-from jaxsep._lowering import run_depthwise, run_grouped, xla
+from jaxsep._lowering import run_conv, run_depthwise, run_grouped
 from jaxsep._lowering.channel_matmul import channel_matmul as channel_matmul
 from jaxsep._lowering.pointwise import pointwise
 
@@ -59,6 +60,7 @@ __all__ = [
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 IntOrSeq = int | Sequence[int]
 Impl = Literal["auto", "xla", "taps"]
+ConvImpl = Literal["auto", "xla", "patches"]
 GroupedImpl = Literal["auto", "xla", "split", "taps"]
 
 
@@ -73,11 +75,14 @@ def conv(
     data_format: str | None = None,
     padding_mode: str = "zeros",
     precision: Any = None,
+    impl: ConvImpl = "auto",
 ) -> jax.Array:
     """The standard (dense, or grouped when ``groups > 1``) N-D convolution.
 
-    Always ``lax.conv_general_dilated`` (with ``feature_group_count=groups``); for grouped
-    convolutions on the CPU, :func:`grouped_conv` has faster lowerings.
+    ``lax.conv_general_dilated`` (with ``feature_group_count=groups``), or for a dense
+    convolution im2col patches times the flattened kernel, which XLA:CPU runs several times
+    faster for few input channels (a stem); for grouped convolutions on the CPU,
+    :func:`grouped_conv` has faster lowerings.
 
     Args:
       x: ``(N, *S, C)`` channels-last or ``(N, C, *S)`` channels-first, per ``data_format``.
@@ -89,18 +94,32 @@ def conv(
       groups: ``G``; input channel group ``g`` feeds output channels ``g * O/G ... (g+1) * O/G - 1``.
       data_format: layout of ``x`` and the result (see the module docstring).
       padding_mode: "zeros", "reflect", "replicate" or "circular" (as in PyTorch).
-      precision: passed to ``lax.conv_general_dilated``.
+      precision: passed to ``lax.conv_general_dilated`` (or ``lax.dot_general``).
+      impl: "xla" (``lax.conv_general_dilated``), "patches" (``groups == 1`` only: the
+        ``(N, *S', prod(K) * C)`` im2col of ``x`` times the kernel as a ``(prod(K) * C, O)``
+        matrix; ``prod(K)`` times the input's memory), or "auto": "xla", unless measuring
+        (:func:`jaxsep.autotune`) finds "patches" faster for this shape on this device, which
+        it tries up to 576 patch channels (``docs/design/lowerings.md``, "patches").
 
     Returns:
       ``(N, *S', O)`` (or ``(N, O, *S')``) in ``x.dtype``.
     """
     op = "conv"
+    v.check_impl(op, impl, CONV_IMPLS)
     g = v.conv_geometry(
         op, x, kernel, "kernel", strides, padding, dilation, data_format, padding_mode
     )
     groups = v.check_groups(op, x, kernel, g.channels_last, groups)
+    if impl == "patches" and groups != 1:
+        raise ValueError(
+            f"{op}: impl='patches' computes dense convolutions only (groups=1), but got "
+            f"groups={groups}; use impl='xla' or grouped_conv"
+        )
     x, g = pad_input(jnp.asarray(x), g, padding_mode)
-    return xla.conv(x, jnp.asarray(kernel), g, groups, precision)
+    kernel = jnp.asarray(kernel)
+    if impl == "auto":
+        impl = choose_conv_impl(x, kernel, g, groups, precision)
+    return run_conv(impl, x, kernel, g, groups, precision)
 
 
 def grouped_conv(

@@ -176,6 +176,22 @@ def test_grouped_auto_measures_its_candidates(tuning):
     assert {e["impl"] for e in _entries(autotune.cache_file()).values()} == {"taps", "xla"}
 
 
+@pytest.mark.parametrize("cheap", ["xla", "patches"])
+def test_conv_auto_measures_patches_where_they_are_narrow(tuning, cheap):
+    """A stem (27 patch channels) is measured; a conv with over 576 patch channels is not, and
+    runs "xla"."""
+    clock, set_costs = tuning
+    set_costs({"xla": 1e-3, "patches": 1e-3, cheap: 1e-4})
+    x, k = rand((2, 8, 8, 3)), rand((3, 3, 3, 32), seed=1)
+    np.testing.assert_array_equal(ops.conv(x, k), ops.conv(x, k, impl=cheap))
+    (entry,) = _entries(autotune.cache_file()).values()
+    assert entry["impl"] == cheap and set(entry["ms"]) == {"xla", "patches"}
+    calls = dict(clock.calls)
+    wide_x, wide_k = rand((2, 4, 4, 65)), rand((3, 3, 65, 8), seed=1)  # 585 patch channels
+    np.testing.assert_array_equal(ops.conv(wide_x, wide_k), ops.conv(wide_x, wide_k, impl="xla"))
+    assert clock.calls == calls and len(_entries(autotune.cache_file())) == 1
+
+
 def test_results_equal_across_lowerings(tuning):
     """Whichever lowering wins, auto's value and gradients are that lowering's, and the
     candidates agree with each other (float32 tolerance)."""

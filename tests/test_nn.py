@@ -92,6 +92,7 @@ def test_modules_equal_the_pure_ops_on_their_own_parameters():
     kw = dict(strides=2, padding="SAME", bias_init=ones_bias)
     conv = nn.GroupedConv(6, 9, (3, 3), groups=3, impl="split", rngs=r, **kw)
     dense = nn.Conv(6, 4, (3, 3), dilation=2, padding="VALID", rngs=r)
+    patched = nn.Conv(6, 4, (3, 3), strides=2, impl="patches", rngs=r)
     dw = nn.DepthwiseConv(6, (3, 3), depth_multiplier=2, impl="xla", rngs=r, **kw)
     pw = nn.PointwiseConv(6, 5, bias_init=ones_bias, rngs=r)
     sep = nn.SeparableConv(6, 5, (3, 3), rngs=r, **kw)
@@ -105,6 +106,7 @@ def test_modules_equal_the_pure_ops_on_their_own_parameters():
                 ops.grouped_conv(x, conv.kernel[...], 3, strides=2, impl="split") + conv.bias[...],
             ),
             (dense(x), ops.conv(x, dense.kernel[...], dilation=2, padding="VALID")),
+            (patched(x), ops.conv(x, patched.kernel[...], strides=2, impl="patches")),
             (dw(x), ops.depthwise_conv(x, dw.kernel[...], strides=2, impl="xla") + dw.bias[...]),
             (pw(x), ops.pointwise_conv(x, pw.kernel[...]) + pw.bias[...]),
             (
@@ -273,6 +275,10 @@ def test_input_rank_mismatch_names_module_and_shapes():
          r"DepthwiseConv: impl must be one of \('auto', 'xla', 'taps'\), but got 'split'"),
         (lambda r: nn.GroupedConv(4, 8, (3, 3), groups=2, impl="fast", rngs=r), ValueError,
          r"GroupedConv: impl must be one of \('auto', 'xla', 'split', 'taps'\), but got 'fast'"),
+        (lambda r: nn.Conv(4, 8, (3, 3), impl="taps", rngs=r), ValueError,
+         r"Conv: impl must be one of \('auto', 'xla', 'patches'\), but got 'taps'"),
+        (lambda r: nn.Conv(4, 8, (3, 3), groups=2, impl="patches", rngs=r), ValueError,
+         r"Conv: impl='patches' computes dense convolutions only \(groups=1\), but got groups=2"),
         (lambda r: nn.Conv(4, 8, (3, 3), padding="FULL", rngs=r), ValueError,
          "padding must be one of"),
         (lambda r: nn.Conv(4, 8, (3, 3), padding="CAUSAL", rngs=r), ValueError,

@@ -138,6 +138,51 @@ def test_conv_matches_reference(case):
     assert_matches(got, want, case.dtype, math.prod(case.window) * c_in // groups)
 
 
+# conv's "patches" lowering (dense only) on every geometry of the grid, made dense.
+DENSE_CASES = [dataclasses.replace(c, groups=1) for c in CASES]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=CASE_IDS)
+def test_conv_patches_matches_reference(case):
+    x = rand(case.x_shape, case.dtype, seed=0)
+    kernel = rand((*case.window, case.channels, case.multiplier), case.dtype, seed=1)
+    got = ops.conv(x, kernel, impl="patches", **case.kwargs())
+    want = ref.conv(f64(x), f64(kernel), **case.kwargs())
+    assert_matches(got, want, case.dtype, math.prod(case.window) * case.channels)
+
+
+@pytest.mark.parametrize("case", [c for c in DENSE_CASES if c.dtype == F32],
+                         ids=[c.name for c in DENSE_CASES if c.dtype == F32])
+def test_conv_patches_gradients_equal_xla(case):
+    """Autodiff of "patches" (x and kernel gradients) against autodiff of lax's conv."""
+    x = rand(case.x_shape, seed=0)
+    kernel = rand((*case.window, case.channels, case.multiplier), seed=1)
+    f = lambda impl: lambda x, k: ops.conv(x, k, impl=impl, **case.kwargs())  # noqa: E731
+    out, vjp_xla = jax.vjp(f("xla"), x, kernel)
+    cotangent = rand(out.shape, seed=3)
+    got, want = jax.vjp(f("patches"), x, kernel)[1](cotangent), vjp_xla(cotangent)
+    positions = math.prod(out.shape) // out.shape[1 if case.channels_first else -1]
+    for g, w, reduction in zip(got, want, (math.prod(case.window) * case.multiplier, positions)):
+        assert g.dtype == w.dtype == F32 and g.shape == w.shape
+        np.testing.assert_allclose(g, w, **tolerance(F32, reduction))
+
+
+def test_conv_auto_candidates():
+    """"patches" is measured only for dense convolutions of at most PATCHES_MAX_DEPTH (576)
+    patch channels; with measuring off (the suite's setting) "auto" is "xla"."""
+    from jaxsep import _validation
+    from jaxsep._lowering import choose_conv_impl, conv_candidates
+
+    assert conv_candidates(3, 1, (3, 3)) == ("xla", "patches")  # a stem: 27 channels
+    assert conv_candidates(64, 1, (3, 3)) == ("xla", "patches")  # 576
+    assert conv_candidates(65, 1, (3, 3)) == ("xla",)  # 585
+    assert conv_candidates(6, 2, (1, 1)) == ("xla",)  # grouped
+    x, kernel = rand((2, 8, 8, 3)), rand((3, 3, 3, 32), seed=1)
+    geometry = _validation.conv_geometry("conv", x, kernel, "kernel", 1, "SAME", 1, None, "zeros")
+    assert choose_conv_impl(x, kernel, geometry, 1) == "xla"
+    np.testing.assert_array_equal(ops.conv(x, kernel), ops.conv(x, kernel, impl="xla"))
+
+
 @pytest.mark.parametrize("case", CASES[::3], ids=CASE_IDS[::3])
 def test_grouped_conv_matches_reference(case):
     c_in, groups = case.channels, case.groups
@@ -713,6 +758,12 @@ def test_error_impl():
         ops.grouped_conv(X, jnp.ones((3, 3, 2, 6)), 2, impl="cuda")
     with pytest.raises(ValueError, match="separable_conv: impl must be one of .* but got 'cuda'"):
         ops.separable_conv(X, DK, PK, impl="cuda")
+    with pytest.raises(
+        ValueError, match=r"conv: impl must be one of \('auto', 'xla', 'patches'\), but got 'taps'"
+    ):
+        ops.conv(X, jnp.ones((3, 3, 4, 5)), impl="taps")
+    with pytest.raises(ValueError, match=r"conv: impl='patches' computes dense .* groups=2"):
+        ops.conv(X, jnp.ones((3, 3, 2, 6)), groups=2, impl="patches")
 
 
 @windowed

@@ -12,6 +12,8 @@ zero padding left):
 * :mod:`~jaxsep._lowering.pointwise`: the 1x1 convolution as one matrix product; channels-last
   through :mod:`~jaxsep._lowering.channel_matmul`, a ``dot_general`` primitive whose kernel
   gradient XLA:CPU runs faster.
+* :mod:`~jaxsep._lowering.patches`: the dense convolution as im2col patches times the
+  flattened kernel ("patches"), for stems with few input channels.
 
 Why each exists and the measurements behind the choices here: ``docs/design/lowerings.md``.
 ``impl="auto"`` times the candidates once per shape (:mod:`~jaxsep._lowering.autotune`) unless
@@ -20,21 +22,26 @@ measuring is switched off, when it follows the fixed rules below.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 
-from jaxsep._lowering import autotune, channel_matmul, grouped, pointwise, taps, xla
+from jaxsep._lowering import autotune, channel_matmul, grouped, patches, pointwise, taps, xla
 
 __all__ = [
     "autotune",
     "channel_matmul",
+    "choose_conv_impl",
     "choose_depthwise_impl",
     "choose_grouped_impl",
     "depthwise_candidates",
     "grouped",
+    "conv_candidates",
     "grouped_candidates",
+    "patches",
     "pointwise",
+    "run_conv",
     "run_depthwise",
     "run_grouped",
     "taps",
@@ -44,9 +51,21 @@ __all__ = [
 # Widest channel group (C // G) that grouped_conv's fixed rule runs as "taps" on the CPU; wider
 # groups run as "split" (see choose_grouped_impl).
 _TAPS_MAX_GROUP_WIDTH = 1
+# Deepest patches (prod(K) * C channels) that conv's "patches" lowering is a candidate for: an
+# RGB stem has 27 (3x3) to 147 (7x7); the deepest measured, a 3x3 64 -> 128 layer, has 576
+# (experiments/bench_conv.py: "patches" 1.6x faster forward+backward there on the CPU).
+PATCHES_MAX_DEPTH = 576
 # Widest channel group that grouped "taps" is a candidate for at all: its program unrolls one
 # depthwise call per channel of a group, so compiling (and timing) it grows with C // G.
 GROUPED_TAPS_MAX_WIDTH = 16
+
+
+def run_conv(impl: str, x: Any, kernel: Any, geometry: Any, groups: int, precision: Any) -> Any:
+    """The dense or grouped convolution's lowering ``impl`` ("xla", or "patches" when
+    ``groups == 1``), as :func:`run_depthwise`."""
+    if impl == "patches":
+        return patches.conv(x, kernel, geometry, precision)
+    return xla.conv(x, kernel, geometry, groups, precision)
 
 
 def run_depthwise(impl: str, x: Any, kernel: Any, geometry: Any, precision: Any) -> Any:
@@ -68,6 +87,15 @@ def run_grouped(
     return grouped.grouped_taps(x, kernel, geometry, groups, precision)
 
 
+def conv_candidates(channels: int, groups: int, window: Any) -> tuple[str, ...]:
+    """What ``impl="auto"`` of :func:`jaxsep.ops.conv` measures: "xla", and "patches" for a
+    dense convolution whose patches have at most ``PATCHES_MAX_DEPTH`` channels
+    (``prod(K) * C``): they cost ``prod(K)`` times the input's memory, and compiling and timing
+    them grows with their depth."""
+    narrow = groups == 1 and math.prod(window) * channels <= PATCHES_MAX_DEPTH
+    return ("xla", "patches") if narrow else ("xla",)
+
+
 def depthwise_candidates() -> tuple[str, ...]:
     """What ``impl="auto"`` of the depthwise convolution measures."""
     return ("xla", "taps")
@@ -78,6 +106,28 @@ def grouped_candidates(channels: int, groups: int) -> tuple[str, ...]:
     "taps" up to ``GROUPED_TAPS_MAX_WIDTH`` channels per group."""
     narrow = groups > 1 and channels // groups <= GROUPED_TAPS_MAX_WIDTH
     return ("xla", "split", "taps") if narrow else ("xla", "split")
+
+
+def choose_conv_impl(
+    x: Any, kernel: Any, geometry: Any, groups: int, precision: Any = None
+) -> str:
+    """The lowering that ``impl="auto"`` of :func:`jaxsep.ops.conv` runs for these arguments.
+
+    The fixed rule: "xla" everywhere (what ``conv`` always ran). When measuring is on
+    (:func:`jaxsep.autotune`), the faster of :func:`conv_candidates`, "xla" kept unless
+    "patches" is clearly faster. On the CPU "patches" was 1.3-5x faster on every stem measured,
+    but XLA's dense convolution varies with the shape and other backends have tuned ones, so a
+    measurement decides (``docs/design/lowerings.md``, "patches").
+    """
+    channels = x.shape[geometry.channel_axis(x.ndim)]
+    candidates = conv_candidates(channels, groups, kernel.shape[:-2])
+    if len(candidates) < 2 or not autotune.enabled():
+        return "xla"
+    return autotune.choose(
+        "conv", x, kernel, geometry, candidates, "xla",
+        lambda impl, x, k: run_conv(impl, x, k, geometry, groups, precision),
+        groups=groups, precision=precision,
+    )
 
 
 def choose_depthwise_impl(

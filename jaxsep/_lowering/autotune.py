@@ -31,7 +31,7 @@ from typing import Any
 
 import jax
 
-from jaxsep._choices import GROUPED_IMPLS, IMPLS
+from jaxsep._choices import CONV_IMPLS, GROUPED_IMPLS, IMPLS
 from jaxsep._geometry import Geometry
 from jaxsep._io import atomic_write, cache_dir, env_flag
 
@@ -44,6 +44,7 @@ CACHE_NAME = "autotune.json"
 CACHE_FORMAT = 1
 # Every lowering a cached entry may name, per op.
 LOWERINGS = {
+    "conv": tuple(i for i in CONV_IMPLS if i != "auto"),
     "depthwise_conv": tuple(i for i in IMPLS if i != "auto"),
     "grouped_conv": tuple(i for i in GROUPED_IMPLS if i != "auto"),
 }
