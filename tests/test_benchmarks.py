@@ -55,6 +55,23 @@ def test_bench_grouped_quick(tmp_path):
     assert "| mbv1 8x8x16 3x3 s1 | 4 | 4 |" in table and "`auto` by the fixed rules" in table
 
 
+def test_bench_conv_quick_with_autotune(tmp_path):
+    """The stem measures both lowerings and runs the cached choice; the wide layer (648 patch
+    channels) has only "xla" to run."""
+    cache = tmp_path / "autotune.json"
+    _run("bench_conv.py", "--out", str(tmp_path),
+         env={"JAXSEP_AUTOTUNE": "1", "JAXSEP_AUTOTUNE_CACHE": str(cache)})
+    report, table = _report(tmp_path, "bench_conv")
+    stem, wide = report["layers"]
+    assert stem["candidates"] == ["xla", "patches"] and wide["candidates"] == ["xla"]
+    (entry,) = json.loads(cache.read_text())["entries"].values()
+    assert stem["auto_impl"] == entry["impl"] and wide["auto_impl"] == "xla"
+    for row in report["layers"]:
+        assert all(row["ms"][f"{impl} {p}"] > 0 for impl in ("xla", "patches", "auto")
+                   for p in ("fwd", "stem", "fwd+bwd"))
+    assert "| tiny stem 3->32 | xla, patches |" in table and "torch n/a (--no-torch)" in table
+
+
 def test_bench_infer_quick(tmp_path):
     _run("bench_infer.py", "--out", str(tmp_path))
     report, table = _report(tmp_path, "bench_infer")
