@@ -217,8 +217,8 @@ class GroupedConv(Conv):
 
     Takes the arguments of :class:`Conv`, plus ``impl``: the lowering, "auto" (default),
     "xla", "split" or "taps", as in :func:`jaxsep.ops.grouped_conv` (:class:`Conv` itself runs
-    ``lax``'s grouped convolution when ``groups > 1``). Kernel ``(*K, C // G, O)``; ``G = 1`` is the dense
-    convolution, ``G = C = O`` the depthwise one.
+    ``lax``'s grouped convolution when ``groups > 1``). Kernel ``(*K, C // G, O)``; ``G = 1`` is
+    the dense convolution, ``G = C = O`` the depthwise one.
 
     Example:
       >>> from flax import nnx

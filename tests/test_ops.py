@@ -151,8 +151,12 @@ def test_conv_patches_matches_reference(case):
     assert_matches(got, want, case.dtype, math.prod(case.window) * case.channels)
 
 
-@pytest.mark.parametrize("case", [c for c in DENSE_CASES if c.dtype == F32],
-                         ids=[c.name for c in DENSE_CASES if c.dtype == F32])
+# float32, one per rank: strided and dilated channels-first 1-D, uneven pairs and circular
+# padding channels-first 2-D, channels-last 3-D.
+DENSE_F32 = [c for c in DENSE_CASES if c.name in ("1d-causal-s2d2", "2d-pairs-circular", "3d-same")]
+
+
+@pytest.mark.parametrize("case", DENSE_F32, ids=[c.name for c in DENSE_F32])
 def test_conv_patches_gradients_equal_xla(case):
     """Autodiff of "patches" (x and kernel gradients) against autodiff of lax's conv."""
     x = rand(case.x_shape, seed=0)
