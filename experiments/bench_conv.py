@@ -15,12 +15,19 @@ ImageNet variants (224x224, 3 -> 32) at batches 32 and 1, and the first dense 3x
 channels; 64 -> 128 stride 2, 576, the most ``auto`` measures "patches" for:
 ``PATCHES_MAX_DEPTH``); and the third (128 -> 128 at 16x16, 1152 patch channels: "xla" only).
 
+And what a user's training step gains: the plain ``nnx.jit`` step of
+``experiments/_timing.plain_trainer`` (SGD momentum, batch 128, CIFAR variant) for a few
+models, traced once with the fixed rules (``jaxsep.autotune(False)``: "xla" stems) and once
+with ``auto`` measuring (the default), timed side by side; the autotune cache in use says which
+lowerings ``auto`` chose.
+
 Method (see docs/performance.md), as in ``bench_ops.py``: all implementations of one layer in
 one process, blocks of calls (the first dropped), the order rotated between rounds, medians
 over rounds, ratios per round; compilation timed apart. Run it on an otherwise idle machine.
 
     python experiments/bench_conv.py                 # writes results/bench_conv_<backend>.{json,md}
     python experiments/bench_conv.py --quick --no-torch --out /tmp/bc   # smoke test
+    python experiments/bench_conv.py --models        # the training steps only
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from jaxsep._lowering import conv_candidates
 
 from _timing import (
     Rounds,
+    plain_trainer,
     add_device_flag,
     add_host_memory_flag,
     apply_host_memory,
@@ -79,6 +87,8 @@ CASES = [
     Case("V1 standard 64->128 s2", 128, 32, 64, 128, 2),
     Case("V1 standard 128->128", 128, 16, 128, 128),
 ]
+STEP_MODELS = ("mobilenet_v1:1.0", "mobilenet_v1:0.5", "shufflenet_v2:1.0", "mobilenet_v3_small:1.0")
+QUICK_STEP_MODELS = ("mobilenet_v1:0.25",)
 QUICK_CASES = [Case("tiny stem 3->32", 2, 8, 3, 32), Case("tiny 72->8", 2, 8, 72, 8)]
 
 
@@ -165,6 +175,29 @@ def bench_case(case: Case, *, rounds: int, calls: int, torch_device) -> dict:
     }
 
 
+def bench_steps(models, *, batch: int, rounds: int, calls: int) -> list[dict]:
+    """A user's plain training step per ``name:width``, traced with the fixed rules and with
+    ``auto`` measuring; per-round step times and the ratio fixed/auto."""
+    rows = []
+    for spec in models:
+        name, width = spec.split(":")
+        trainers = {}
+        for label, measuring in (("fixed rules", False), ("auto", True)):
+            with jaxsep.autotune(measuring):  # the trace (inside the first step) picks lowerings
+                _, trainers[label] = plain_trainer(name, float(width), batch)
+        timed = Rounds(trainers).run(rounds, calls)
+        row = {
+            "model": name, "width": float(width), "batch": batch,
+            "step_ms": {label: 1e3 * timed.seconds(label) for label in trainers},
+            "per_round_ms": {k: [1e3 * t for t in v] for k, v in timed.per_round.items()},
+            "fixed/auto": timed.ratio("fixed rules", "auto"),
+        }
+        print(f"{spec:>24}: step ms fixed rules {row['step_ms']['fixed rules']:.1f}, auto "
+              f"{row['step_ms']['auto']:.1f}, fixed/auto {row['fixed/auto']:.3f}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Dense convolution (stem) lowering benchmark ({report['backend']}: {report['device']})",
@@ -183,7 +216,7 @@ def markdown(report: dict) -> str:
         "xla/auto | torch CL ms | auto/torch |",
         "|---" * 11 + "|",
     ]
-    for row in report["layers"]:
+    for row in report.get("layers", []):
         ms, r = row["ms"], row["ratios"]
         for p in PASSES:
             lines.append(
@@ -191,6 +224,26 @@ def markdown(report: dict) -> str:
                 f"{fmt(ms[f'xla {p}'])} | {fmt(ms[f'patches {p}'])} | {fmt(ms[f'auto {p}'])} | "
                 f"{fmt(r[f'xla/patches {p}'], 2, 'x')} | {fmt(r[f'xla/auto {p}'], 2, 'x')} | "
                 f"{fmt(ms.get(f'torch CL {p}'))} | {fmt(r[f'auto/torch {p}'], 2, 'x')} |"
+            )
+    if report.get("steps"):
+        lines += [
+            "",
+            f"## A user's training step (batch {report['steps'][0]['batch']}): fixed rules vs `auto`",
+            "",
+            "The plain `nnx.jit` step of `experiments/_timing.py` (`plain_trainer`), CIFAR variant, "
+            "traced with `jaxsep.autotune(False)` (\"xla\" stems) and with `auto` measuring, timed "
+            "side by side; fixed/auto above 1: `auto` is faster.",
+            "",
+            "| model | width | fixed rules ms | auto ms | fixed/auto | per round fixed/auto |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in report["steps"]:
+            per = [f"{a / b:.2f}" for a, b in zip(row["per_round_ms"]["fixed rules"],
+                                                 row["per_round_ms"]["auto"])]
+            lines.append(
+                f"| {row['model']} | {row['width']} | {row['step_ms']['fixed rules']:.1f} | "
+                f"{row['step_ms']['auto']:.1f} | {fmt(row['fixed/auto'], 3, 'x')} | "
+                f"{', '.join(per)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -203,6 +256,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="two tiny layers, 1 round of 2 calls: a smoke test")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    parser.add_argument("--models", nargs="*", default=None, metavar="NAME:WIDTH",
+                        help="time only the training steps, of these models (default "
+                        f"{' '.join(STEP_MODELS)}); without the flag: layers, then steps")
+    parser.add_argument("--no-steps", action="store_true", help="skip the training steps")
+    parser.add_argument("--step-rounds", type=int, default=None,
+                        help="rounds of the training steps; default 8 (1 with --quick)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: experiments/results; --quick writes "
                         "only with --out)")
@@ -229,7 +288,8 @@ def main(argv=None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "layers": [],
     }
-    for case in QUICK_CASES if args.quick else CASES:
+    layer_cases = [] if args.models is not None else (QUICK_CASES if args.quick else CASES)
+    for case in layer_cases:
         row = bench_case(case, rounds=rounds, calls=calls, torch_device=torch_device)
         report["layers"].append(row)
         ms = row["ms"]
@@ -237,9 +297,15 @@ def main(argv=None) -> int:
               + "; ".join(f"{p} xla {ms[f'xla {p}']:.2f} patches {ms[f'patches {p}']:.2f}"
                           + (f" torch {ms[f'torch CL {p}']:.2f}" if torch_device else "")
                           for p in PASSES) + " ms", flush=True)
+    if not args.no_steps:
+        models = args.models or (QUICK_STEP_MODELS if args.quick else STEP_MODELS)
+        step_rounds = args.step_rounds or (1 if args.quick else 8)
+        report["steps"] = bench_steps(models, batch=2 if args.quick else 128,
+                                      rounds=step_rounds, calls=2 if args.quick else 4)
     table = markdown(report)
     if out_dir is not None:
-        write_report(out_dir, f"bench_conv_{backend}", report, table)
+        stem = f"bench_conv_{backend}" + ("_steps" if args.models is not None else "")
+        write_report(out_dir, stem, report, table)
     print(table)
     return 0
 

@@ -64,12 +64,17 @@ def test_bench_conv_quick_with_autotune(tmp_path):
     report, table = _report(tmp_path, "bench_conv")
     stem, wide = report["layers"]
     assert stem["candidates"] == ["xla", "patches"] and wide["candidates"] == ["xla"]
-    (entry,) = json.loads(cache.read_text())["entries"].values()
+    (entry,) = [e for key, e in json.loads(cache.read_text())["entries"].items()
+                if json.loads(key)["x"][0] == [2, 8, 8, 3]]  # the stem's (the step's are 32x32)
     assert stem["auto_impl"] == entry["impl"] and wide["auto_impl"] == "xla"
     for row in report["layers"]:
         assert all(row["ms"][f"{impl} {p}"] > 0 for impl in ("xla", "patches", "auto")
                    for p in ("fwd", "stem", "fwd+bwd"))
     assert "| tiny stem 3->32 | xla, patches |" in table and "torch n/a (--no-torch)" in table
+    (step,) = report["steps"]  # a user's step, traced with the fixed rules and with auto
+    assert (step["model"], step["width"]) == ("mobilenet_v1", 0.25)
+    assert set(step["step_ms"]) == {"fixed rules", "auto"} and step["fixed/auto"] > 0
+    assert "| mobilenet_v1 | 0.25 |" in table
 
 
 def test_bench_infer_quick(tmp_path):
