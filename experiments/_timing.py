@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -159,6 +160,33 @@ def torch_yardstick(disabled: bool = False) -> tuple[str | None, str | None, str
         name = torch.cuda.get_device_name(0)
         return "cuda", torch.__version__, f"torch {torch.__version__} on CUDA ({name})"
     return None, torch.__version__, f"torch n/a (torch {torch.__version__} has no {backend} device)"
+
+
+def torch_conv_calls(conv: Callable, x: Any, kernel: Any, device: str,
+                     **kwargs: Any) -> dict[str, Callable[[], None]]:
+    """Synchronized PyTorch calls of ``conv(x, kernel, **kwargs)`` on ``device``: "fwd"
+    (without autograd), "fwd+bwd" (gradients with respect to ``x`` and ``kernel`` for a fixed
+    random cotangent) and "stem" (the kernel's gradient only, as for a model's first layer)."""
+    import torch
+
+    x, kernel = x.detach().requires_grad_(True), kernel.detach().requires_grad_(True)
+    cotangent = torch.randn_like(conv(x, kernel, **kwargs))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def forward() -> None:
+        with torch.no_grad():
+            conv(x, kernel, **kwargs)
+        sync()
+
+    def forward_backward() -> None:
+        torch.autograd.grad(conv(x, kernel, **kwargs), (x, kernel), cotangent)
+        sync()
+
+    def stem() -> None:
+        torch.autograd.grad(conv(x.detach(), kernel, **kwargs), (kernel,), cotangent)
+        sync()
+
+    return {"fwd": forward, "fwd+bwd": forward_backward, "stem": stem}
 
 
 def autotune_fields() -> dict:

@@ -56,6 +56,7 @@ from _timing import (
     fmt,
     host_memory_note,
     select_device,
+    torch_conv_calls,
     torch_yardstick,
     write_report,
 )
@@ -118,29 +119,11 @@ def _jax_calls(impl: str, case: Case, x, k, ct):
 def _torch_calls(case: Case, device: str):
     import torch
 
-    conv2d = torch.nn.functional.conv2d
-    kw = dict(stride=case.stride, padding=1)
     x = torch.randn(case.batch, case.channels, case.size, case.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
-    k = torch.randn(case.out, case.channels, 3, 3, device=device, requires_grad=True)
-    x_grad = x.clone().requires_grad_(True)
-    ct = torch.randn_like(conv2d(x, k, **kw))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def forward():
-        with torch.no_grad():
-            conv2d(x, k, **kw)
-        sync()
-
-    def stem():
-        torch.autograd.grad(conv2d(x, k, **kw), (k,), ct)
-        sync()
-
-    def fwd_bwd():
-        torch.autograd.grad(conv2d(x_grad, k, **kw), (x_grad, k), ct)
-        sync()
-
-    return {"fwd": forward, "stem": stem, "fwd+bwd": fwd_bwd}
+    k = torch.randn(case.out, case.channels, 3, 3, device=device)
+    return torch_conv_calls(torch.nn.functional.conv2d, x, k, device, stride=case.stride,
+                            padding=1)
 
 
 def bench_case(case: Case, *, rounds: int, calls: int, torch_device) -> dict:

@@ -56,6 +56,7 @@ from _timing import (
     device_description,
     Rounds,
     compile_timed,
+    torch_conv_calls,
     torch_yardstick,
     write_report,
     add_device_flag,
@@ -163,27 +164,12 @@ def _jax_fns(impl: str, case: Case):
 def _torch_fns(case: Case, batch: int, device: str):
     import torch
 
-    conv2d = torch.nn.functional.conv2d
-    kw = dict(stride=case.stride, padding=case.window // 2, groups=case.groups)
     x = torch.randn(batch, case.channels, case.height, case.width, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     k = torch.randn(case.out_channels, case.group_width, case.window, case.window, device=device)
-    x.requires_grad_(True)
-    k.requires_grad_(True)
-    ct = torch.randn_like(conv2d(x, k, **kw))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def forward():
-        with torch.no_grad():
-            conv2d(x, k, **kw)
-        sync()
-
-    def forward_backward():
-        y = conv2d(x, k, **kw)
-        gx, gk = torch.autograd.grad(y, (x, k), ct)
-        sync()
-
-    return forward, forward_backward
+    calls = torch_conv_calls(torch.nn.functional.conv2d, x, k, device, stride=case.stride,
+                             padding=case.window // 2, groups=case.groups)
+    return calls["fwd"], calls["fwd+bwd"]
 
 
 def _verdict(picked: str, fastest: str, slowdown: float | None) -> str:

@@ -51,6 +51,7 @@ from _timing import (
     device_description,
     Rounds,
     compile_timed,
+    torch_conv_calls,
     torch_yardstick,
     write_report,
     add_device_flag,
@@ -158,23 +159,9 @@ def _torch_fns(layer: Layer, device):
         n, h, w, _ = layer.x_shape
         x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
     k = torch.randn(c, 1, *window, device=device)
-    kw = dict(stride=layer.stride, padding=window[0] // 2, groups=c)
-    x.requires_grad_(True)
-    k.requires_grad_(True)
-    ct = torch.randn_like(conv(x, k, **kw))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def forward():
-        with torch.no_grad():
-            conv(x, k, **kw)
-        sync()
-
-    def forward_backward():
-        y = conv(x, k, **kw)
-        gx, gk = torch.autograd.grad(y, (x, k), ct)
-        sync()
-
-    return forward, forward_backward
+    calls = torch_conv_calls(conv, x, k, device, stride=layer.stride, padding=window[0] // 2,
+                             groups=c)
+    return calls["fwd"], calls["fwd+bwd"]
 
 
 def bench_layer(layer: Layer, *, rounds, calls, torch_device, compiler_options=None):
