@@ -189,6 +189,19 @@ def torch_conv_calls(conv: Callable, x: Any, kernel: Any, device: str,
     return {"fwd": forward, "fwd+bwd": forward_backward, "stem": stem}
 
 
+def report_header(backend: str, no_torch: bool) -> tuple[str | None, dict]:
+    """The torch device for the yardstick (None when there is none) and a report's first
+    fields: backend, device, jax, and torch's version and note (:func:`torch_yardstick`)."""
+    torch_device, torch_version, torch_note = torch_yardstick(no_torch)
+    return torch_device, {
+        "backend": backend,
+        "device": device_description(),
+        "jax": jax.__version__,
+        "torch": torch_version if torch_device else None,
+        "torch_note": torch_note,
+    }
+
+
 def autotune_fields() -> dict:
     """Report fields: whether ``impl="auto"`` measures, and its cache file."""
     from jaxsep._lowering import autotune

@@ -52,12 +52,11 @@ from _timing import (
     autotune_fields,
     autotune_note,
     compile_timed,
-    device_description,
     fmt,
     host_memory_note,
     select_device,
     torch_conv_calls,
-    torch_yardstick,
+    report_header,
     write_report,
 )
 
@@ -256,13 +255,9 @@ def main(argv=None) -> int:
     out_dir = args.out if args.out is not None else (None if args.quick else RESULTS)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     calls = args.calls if args.calls is not None else (2 if args.quick else 5)
-    torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
+    torch_device, header = report_header(backend, args.no_torch)
     report = {
-        "backend": backend,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "torch": torch_version if torch_device else None,
-        "torch_note": torch_note,
+        **header,
         "rounds": rounds,
         "calls": calls,
         **memory,

@@ -53,11 +53,10 @@ from jaxsep.models.mobilenet_v1 import LAYERS, STEM_CHANNELS, v1_channels
 from jaxsep.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
 
 from _timing import (
-    device_description,
     Rounds,
     compile_timed,
     torch_conv_calls,
-    torch_yardstick,
+    report_header,
     write_report,
     add_device_flag,
     select_device,
@@ -387,13 +386,9 @@ def main(argv=None) -> int:
     else:
         cases = mobilenet_cases(tuple(args.groups))
         cases += [] if args.no_shufflenet else shufflenet_cases()
-    torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
+    torch_device, header = report_header(backend, args.no_torch)
     report = {
-        "backend": backend,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "torch": torch_version if torch_device else None,
-        "torch_note": torch_note,
+        **header,
         "batch": batch,
         "rounds": rounds,
         "calls": calls,

@@ -48,11 +48,10 @@ import jaxsep
 from jaxsep._lowering import choose_depthwise_impl
 
 from _timing import (
-    device_description,
     Rounds,
     compile_timed,
     torch_conv_calls,
-    torch_yardstick,
+    report_header,
     write_report,
     add_device_flag,
     select_device,
@@ -351,13 +350,9 @@ def main(argv=None) -> int:
 
     batch = 2 if args.quick else args.batch
     layers = select_layers(args.layers, backend, batch, args.quick)
-    torch_device, torch_version, torch_note = torch_yardstick(args.no_torch)
+    torch_device, header = report_header(backend, args.no_torch)
     report = {
-        "backend": backend,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "torch": torch_version if torch_device else None,
-        "torch_note": torch_note,
+        **header,
         "batch": batch,
         "rounds": args.rounds,
         "calls": args.calls,
