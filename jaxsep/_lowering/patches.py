@@ -2,8 +2,8 @@
 side by side on the channel axis (im2col), then one matrix product with the flattened kernel.
 
 XLA:CPU runs a convolution with few input channels slowly: the 3x3 RGB stems of the CIFAR
-models (3 -> 16, 24 or 32) took 1.2-5.5x as long forward and 2-5x as long forward+backward as
-this matrix product over their ``prod(K) * C = 27`` patch channels. The patches cost
+models (3 -> 16, 24 or 32) took 1.9-5x as long forward+backward (forward: from a tie to 5.4x)
+as this matrix product over their ``prod(K) * C = 27`` patch channels. The patches cost
 ``prod(K)`` times the input's memory, so ``impl="auto"`` measures this lowering only up to
 :data:`jaxsep._lowering.PATCHES_MAX_DEPTH` patch channels. Measurements:
 ``docs/design/lowerings.md`` ("patches").
@@ -15,6 +15,7 @@ import itertools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from jaxsep._geometry import Geometry
@@ -35,7 +36,7 @@ def patches(x: jax.Array, window: tuple[int, ...], geometry: Geometry) -> jax.Ar
     config = [(0, 0, 0)] * x.ndim
     for axis, (lo, hi) in zip(spatial, geometry.padding):
         config[axis] = (lo, hi, 0)
-    x = lax.pad(x, jax.numpy.zeros((), x.dtype), config)
+    x = lax.pad(x, jnp.zeros((), x.dtype), config)
     pieces = []
     for offsets in itertools.product(*(range(k) for k in window)):
         start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
