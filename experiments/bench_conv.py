@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxsep
-from jaxsep._lowering import conv_candidates
+from jaxsep._lowering import PATCHES_MAX_DEPTH, conv_candidates
 
 from _timing import (
     Rounds,
@@ -190,9 +190,8 @@ def markdown(report: dict) -> str:
         "",
         "`fwd`: the forward; `stem`: forward + kernel gradient (a first layer); `fwd+bwd`: "
         "forward + input and kernel gradients (what `auto` measures). `candidates`: what `auto` "
-        "measures (\"patches\" only up to 576 patch channels, `9 * C`); `auto runs`: read from "
-        "the jaxpr. "
-        "Ratios above 1: the numerator is slower.",
+        f"measures (\"patches\" only up to {PATCHES_MAX_DEPTH} patch channels, `9 * C`); `auto "
+        "runs`: read from the jaxpr. Ratios above 1: the numerator is slower.",
         "",
         "| layer | candidates | auto runs | pass | xla ms | patches ms | auto ms | xla/patches | "
         "xla/auto | torch CL ms | auto/torch |",
